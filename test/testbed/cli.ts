@@ -1,0 +1,85 @@
+// `npm run testbed -- --env-file FILE [--size tiny]`: starts the test bed on loopback, seeds the
+// synthetic release, writes a shell-sourceable env file, and stays up until SIGTERM or Ctrl-C.
+import { writeFile, rename } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { seedRelease, TINY, type FixtureRecord } from '../fixtures/release.ts';
+import { startTestbed, type TestbedInfo } from './testbed.ts';
+
+// The npm script passes a leading `--`: without it Node itself would claim `--env-file` (a Node
+// option since v20) even after the script name.
+const argv = process.argv.slice(2);
+const { values } = parseArgs({
+  args: argv[0] === '--' ? argv.slice(1) : argv,
+  options: {
+    'env-file': { type: 'string' },
+    'keep-root': { type: 'boolean', default: false },
+  },
+});
+const envFile = values['env-file'] ? resolve(values['env-file']) : undefined;
+
+export function envLines(bed: TestbedInfo, fx: FixtureRecord): Record<string, string> {
+  return {
+    AIRGAP_TESTBED_ROOT: bed.root,
+    AIRGAP_TESTBED_PIDS: [process.pid, ...bed.pids].join(' '),
+    AIRGAP_GCS_ENDPOINT: bed.gcs.endpoint,
+    AIRGAP_RELEASE_BUCKET: fx.release.bucket,
+    AIRGAP_SOURCE_REGISTRY: `${bed.source.host}/${bed.source.prefix}`,
+    AIRGAP_NATS_IMAGE: fx.release.natsReference,
+    AIRGAP_SA_KEY: bed.saKeyFile,
+    AIRGAP_PRIVATE_REGISTRY: bed.private.host,
+    AIRGAP_PRIVATE_REGISTRY_USER: bed.private.username,
+    AIRGAP_PRIVATE_REGISTRY_PASSWORD: bed.private.password,
+    AIRGAP_PLAIN_REGISTRY: bed.plain.host,
+    AIRGAP_CA_FILE: bed.caFile,
+    AIRGAP_CERT_DIR: bed.certDir,
+    AIRGAP_S3_ENDPOINT: bed.s3.endpoint,
+    AWS_ACCESS_KEY_ID: bed.s3.accessKeyId,
+    AWS_SECRET_ACCESS_KEY: bed.s3.secretAccessKey,
+    AWS_REGION: bed.s3.region,
+    AIRGAP_CUSTOMER: fx.customer,
+    AIRGAP_RELEASE_VERSION: fx.release.version,
+    AIRGAP_RELEASE_TAG: fx.release.releaseTag,
+  };
+}
+
+const shellQuote = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
+
+const t0 = performance.now();
+const bed = await startTestbed();
+let stopping = false;
+const stop = async (signal: string) => {
+  if (stopping) return;
+  stopping = true;
+  console.error(`testbed: ${signal}, stopping ${bed.pids.length} servers`);
+  await bed.stop();
+  process.exit(0);
+};
+process.on('SIGTERM', () => void stop('SIGTERM'));
+process.on('SIGINT', () => void stop('SIGINT'));
+process.on('SIGHUP', () => void stop('SIGHUP'));
+
+try {
+  const upAt = performance.now();
+  const fixture = await seedRelease(bed, `${bed.root}/fixture`, TINY);
+  const env = envLines(bed, fixture);
+  const text = Object.entries(env).map(([k, v]) => `export ${k}=${shellQuote(v)}`).join('\n') + '\n';
+  if (envFile) {
+    // Written whole, then renamed: whoever polls for the file never reads half of it.
+    await writeFile(`${envFile}.partial`, text, { mode: 0o600 });
+    await rename(`${envFile}.partial`, envFile);
+  }
+  console.log(`testbed: servers up in ${((upAt - t0) / 1000).toFixed(2)} s, seeded in ${((performance.now() - upAt) / 1000).toFixed(2)} s`);
+  console.log(`  source registry   https://${env.AIRGAP_SOURCE_REGISTRY}  (token auth; _json_key with ${env.AIRGAP_SA_KEY})`);
+  console.log(`  private registry  https://${env.AIRGAP_PRIVATE_REGISTRY}  (basic auth ${env.AIRGAP_PRIVATE_REGISTRY_USER}; CA ${env.AIRGAP_CA_FILE})`);
+  console.log(`  plain registry    http://${env.AIRGAP_PLAIN_REGISTRY}`);
+  console.log(`  GCS               ${env.AIRGAP_GCS_ENDPOINT}  (gs://${fixture.release.bucket}, gs://cartesia-${fixture.customer})`);
+  console.log(`  S3                ${env.AIRGAP_S3_ENDPOINT}`);
+  console.log(`  release           ${fixture.release.version} (${fixture.release.releaseTag}), ${fixture.images.length} images, ${fixture.objects.length} objects`);
+  console.log(envFile ? `  env file          ${envFile}  (source it in another shell)` : '  (pass --env-file FILE to get these as shell variables)');
+  console.log('testbed: up; Ctrl-C or SIGTERM stops every server');
+} catch (err) {
+  console.error(`testbed: ${(err as Error).message}`);
+  await bed.stop();
+  process.exit(1);
+}
