@@ -58,6 +58,11 @@ const stop = async (signal: string) => {
 process.on('SIGTERM', () => void stop('SIGTERM'));
 process.on('SIGINT', () => void stop('SIGINT'));
 process.on('SIGHUP', () => void stop('SIGHUP'));
+// If whoever started us (npm, a shell) dies without passing the signal on, stop anyway.
+const parent = process.ppid;
+setInterval(() => {
+  if (process.ppid !== parent) void stop('parent exited');
+}, 500).unref();
 
 try {
   const upAt = performance.now();
