@@ -3,8 +3,9 @@
 import { writeFile, rename } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { seedRelease, TINY, type FixtureRecord } from '../fixtures/release.ts';
-import { startTestbed, type TestbedInfo } from './testbed.ts';
+import { seedRelease, TINY } from '../fixtures/release.ts';
+import { envLines, envFileText } from './env.ts';
+import { startTestbed } from './testbed.ts';
 
 // The npm script passes a leading `--`: without it Node itself would claim `--env-file` (a Node
 // option since v20) even after the script name.
@@ -18,32 +19,6 @@ const { values } = parseArgs({
 });
 const envFile = values['env-file'] ? resolve(values['env-file']) : undefined;
 
-export function envLines(bed: TestbedInfo, fx: FixtureRecord): Record<string, string> {
-  return {
-    AIRGAP_TESTBED_ROOT: bed.root,
-    AIRGAP_TESTBED_PIDS: [process.pid, ...bed.pids].join(' '),
-    AIRGAP_GCS_ENDPOINT: bed.gcs.endpoint,
-    AIRGAP_RELEASE_BUCKET: fx.release.bucket,
-    AIRGAP_SOURCE_REGISTRY: `${bed.source.host}/${bed.source.prefix}`,
-    AIRGAP_NATS_IMAGE: fx.release.natsReference,
-    AIRGAP_SA_KEY: bed.saKeyFile,
-    AIRGAP_PRIVATE_REGISTRY: bed.private.host,
-    AIRGAP_PRIVATE_REGISTRY_USER: bed.private.username,
-    AIRGAP_PRIVATE_REGISTRY_PASSWORD: bed.private.password,
-    AIRGAP_PLAIN_REGISTRY: bed.plain.host,
-    AIRGAP_CA_FILE: bed.caFile,
-    AIRGAP_CERT_DIR: bed.certDir,
-    AIRGAP_S3_ENDPOINT: bed.s3.endpoint,
-    AWS_ACCESS_KEY_ID: bed.s3.accessKeyId,
-    AWS_SECRET_ACCESS_KEY: bed.s3.secretAccessKey,
-    AWS_REGION: bed.s3.region,
-    AIRGAP_CUSTOMER: fx.customer,
-    AIRGAP_RELEASE_VERSION: fx.release.version,
-    AIRGAP_RELEASE_TAG: fx.release.releaseTag,
-  };
-}
-
-const shellQuote = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
 
 const t0 = performance.now();
 const bed = await startTestbed();
@@ -68,7 +43,7 @@ try {
   const upAt = performance.now();
   const fixture = await seedRelease(bed, `${bed.root}/fixture`, TINY);
   const env = envLines(bed, fixture);
-  const text = Object.entries(env).map(([k, v]) => `export ${k}=${shellQuote(v)}`).join('\n') + '\n';
+  const text = envFileText(env);
   if (envFile) {
     // Written whole, then renamed: whoever polls for the file never reads half of it.
     await writeFile(`${envFile}.partial`, text, { mode: 0o600 });

@@ -1,12 +1,13 @@
 import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
-import { Command, Flags } from '@oclif/core';
+import { Flags } from '@oclif/core';
+import { AirgapCommand } from '../../base-command.ts';
 import { generateSigningKeyPair } from '../../bundle/keys.ts';
 import { writeFileAtomic } from '../../util/atomic.ts';
 import { readStdinSecret } from '../../util/stdin.ts';
 
-export default class KeysGenerate extends Command {
+export default class KeysGenerate extends AirgapCommand {
   static override summary = 'Make an ECDSA P-256 key pair for signing bundles.';
   static override description =
     'Writes PREFIX.key (PKCS#8 PEM, mode 0600, encrypted when a passphrase is given) and PREFIX.pub ' +

@@ -1,0 +1,62 @@
+// `npm run demo`: the main job end to end on local stand-ins. Today (foundation issue) that is:
+// start the loopback test bed, seed a synthetic Cartesia release, show what the connected side
+// will carry, and make a signing key with the CLI. `bundle` and `install` join as they land.
+import { createHash } from 'node:crypto';
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { seedRelease, TINY } from '../test/fixtures/release.ts';
+import { envFileText, envLines } from '../test/testbed/env.ts';
+import { run } from '../test/testbed/run.ts';
+import { startTestbed } from '../test/testbed/testbed.ts';
+
+const argv = process.argv.slice(2);
+const { values } = parseArgs({ args: argv[0] === '--' ? argv.slice(1) : argv, options: { keep: { type: 'boolean', default: false } } });
+const cli = join(import.meta.dirname, '..', 'bin', 'run.js');
+const say = (s: string) => console.log(`\n== ${s}`);
+
+const bed = await startTestbed();
+const stop = async () => {
+  await bed.stop();
+  process.exit(0);
+};
+process.on('SIGINT', () => void stop());
+process.on('SIGTERM', () => void stop());
+
+try {
+  say('test bed: registries, S3 and GCS on 127.0.0.1, seeded with a synthetic Cartesia release');
+  const fx = await seedRelease(bed, join(bed.root, 'fixture'), TINY);
+  const env = envLines(bed, fx);
+  process.stdout.write(envFileText(env).replace(/(PASSWORD|SECRET_ACCESS_KEY)='[^']*'/g, "$1='***'"));
+
+  say(`release ${fx.release.version} (tag ${fx.release.releaseTag}) in gs://${fx.release.bucket}; archive sha256 ${fx.release.archiveSha256.slice(0, 16)}…`);
+  const customer = fx.objects.filter((o) => o.bucket === `cartesia-${fx.customer}`);
+  console.log(`customer bucket gs://cartesia-${fx.customer}: ${customer.length} objects, ${customer.reduce((n, o) => n + o.size, 0)} bytes`);
+
+  say('images in the source registry, read back with skopeo (an independent client) as the customer key');
+  const key = (await readFile(bed.saKeyFile, 'utf8')).trim();
+  const authDir = await mkdtemp(join(tmpdir(), 'airgap-demo-'));
+  const auth = join(authDir, 'auth.json');
+  await writeFile(auth, JSON.stringify({ auths: { [bed.source.host]: { auth: Buffer.from(`_json_key:${key}`).toString('base64') } } }), { mode: 0o600 });
+  for (const img of fx.images) {
+    // Async on purpose: the token issuer runs in this process and must keep answering.
+    const raw = await run('skopeo', ['inspect', '--raw', '--cert-dir', bed.certDir, '--authfile', auth, `docker://${bed.source.host}/${img.repository}:${img.tag}`]);
+    const digest = `sha256:${createHash('sha256').update(raw).digest('hex')}`;
+    const platforms = (JSON.parse(raw) as { manifests: { platform: { architecture: string } }[] }).manifests.map((m) => m.platform.architecture).join(',');
+    console.log(`${img.repository.padEnd(56)} ${img.tag.padEnd(16)} ${digest.slice(0, 19)}… ${platforms} ${digest === img.digest ? 'OK' : 'MISMATCH'}`);
+  }
+
+  say('cartesia-airgap keys generate: the signing key a bundle will be signed with');
+  console.log((await run(process.execPath, [cli, 'keys', 'generate', '--out', join(authDir, 'release')])).trimEnd());
+  console.log('\n(bundle, verify, inspect and install arrive with the next issues; the bed above is what they run against)');
+  if (values.keep) {
+    console.log('\n--keep: the bed stays up; Ctrl-C stops it');
+  } else {
+    await stop();
+  }
+} catch (err) {
+  console.error(`demo: ${(err as Error).message}`);
+  await bed.stop();
+  process.exit(1);
+}

@@ -1,0 +1,18 @@
+import { Command } from '@oclif/core';
+
+type OclifError = Error & { oclif?: { exit?: number }; skipOclifErrorHandling?: boolean };
+
+/**
+ * Every command's base: errors are printed as ONE line on stderr (oclif would wrap them at the
+ * terminal width), so operators can grep logs and scripts can parse them; the exit code is kept.
+ */
+export abstract class AirgapCommand extends Command {
+  protected override async catch(err: OclifError): Promise<unknown> {
+    if (err.oclif?.exit !== 0 && err.name !== 'ExitError') {
+      const line = err.message.replace(/\s*\n\s*/g, ' ').trim();
+      process.stderr.write(`Error: ${line}\n`);
+      err.skipOclifErrorHandling = true;
+    }
+    throw err;
+  }
+}
