@@ -2,13 +2,14 @@
 // start the loopback test bed, seed a synthetic Cartesia release, show what the connected side
 // will carry, and make a signing key with the CLI. `bundle` and `install` join as they land.
 import { createHash } from 'node:crypto';
-import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { seedRelease, TINY } from '../test/fixtures/release.ts';
 import { envFileText, envLines } from '../test/testbed/env.ts';
 import { run } from '../test/testbed/run.ts';
+import { skopeoAuthFile } from '../test/testbed/skopeo-auth.ts';
 import { startTestbed } from '../test/testbed/testbed.ts';
 
 const argv = process.argv.slice(2);
@@ -36,9 +37,7 @@ try {
 
   say('images in the source registry, read back with skopeo (an independent client) as the customer key');
   const key = (await readFile(bed.saKeyFile, 'utf8')).trim();
-  const authDir = await mkdtemp(join(tmpdir(), 'airgap-demo-'));
-  const auth = join(authDir, 'auth.json');
-  await writeFile(auth, JSON.stringify({ auths: { [bed.source.host]: { auth: Buffer.from(`_json_key:${key}`).toString('base64') } } }), { mode: 0o600 });
+  const auth = await skopeoAuthFile(bed.source.host, '_json_key', key);
   for (const img of fx.images) {
     // Async on purpose: the token issuer runs in this process and must keep answering.
     const raw = await run('skopeo', ['inspect', '--raw', '--cert-dir', bed.certDir, '--authfile', auth, `docker://${bed.source.host}/${img.repository}:${img.tag}`]);
@@ -48,7 +47,7 @@ try {
   }
 
   say('cartesia-airgap keys generate: the signing key a bundle will be signed with');
-  console.log((await run(process.execPath, [cli, 'keys', 'generate', '--out', join(authDir, 'release')])).trimEnd());
+  console.log((await run(process.execPath, [cli, 'keys', 'generate', '--out', join(await mkdtemp(join(tmpdir(), 'airgap-demo-')), 'release')])).trimEnd());
   console.log('\n(bundle, verify, inspect and install arrive with the next issues; the bed above is what they run against)');
   if (values.keep) {
     console.log('\n--keep: the bed stays up; Ctrl-C stops it');

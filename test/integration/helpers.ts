@@ -1,9 +1,6 @@
 import { createHash } from 'node:crypto';
 import { request } from 'node:https';
 import { request as httpRequest } from 'node:http';
-import { mkdtemp, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { run } from '../testbed/run.ts';
 
 export interface Reply {
@@ -31,13 +28,7 @@ export function fetchRaw(url: string, opts: { method?: string; headers?: Record<
 export const sha256 = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
 export const basic = (user: string, secret: string) => `Basic ${Buffer.from(`${user}:${secret}`).toString('base64')}`;
 
-/** A throwaway containers-auth.json for skopeo. */
-export async function authFile(host: string, username: string, secret: string): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'airgap-auth-'));
-  const file = join(dir, 'auth.json');
-  await writeFile(file, JSON.stringify({ auths: { [host]: { auth: Buffer.from(`${username}:${secret}`).toString('base64') } } }), { mode: 0o600 });
-  return file;
-}
+export { skopeoAuthFile as authFile } from '../testbed/skopeo-auth.ts';
 
 /** Runs skopeo and reports success or its stderr, so a test can assert on refusals. */
 export async function skopeo(args: string[]): Promise<{ ok: true; stdout: string } | { ok: false; error: string }> {
