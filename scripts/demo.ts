@@ -2,8 +2,7 @@
 // start the loopback test bed, seed a synthetic Cartesia release, show what the connected side
 // will carry, and make a signing key with the CLI. `bundle` and `install` join as they land.
 import { createHash } from 'node:crypto';
-import { mkdtemp, readFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { seedRelease, TINY } from '../test/fixtures/release.ts';
@@ -37,7 +36,7 @@ try {
 
   say('images in the source registry, read back with skopeo (an independent client) as the customer key');
   const key = (await readFile(bed.saKeyFile, 'utf8')).trim();
-  const auth = await skopeoAuthFile(bed.source.host, '_json_key', key);
+  const auth = await skopeoAuthFile(bed.root, bed.source.host, '_json_key', key);
   for (const img of fx.images) {
     // Async on purpose: the token issuer runs in this process and must keep answering.
     const raw = await run('skopeo', ['inspect', '--raw', '--cert-dir', bed.certDir, '--authfile', auth, `docker://${bed.source.host}/${img.repository}:${img.tag}`]);
@@ -47,7 +46,7 @@ try {
   }
 
   say('cartesia-airgap keys generate: the signing key a bundle will be signed with');
-  console.log((await run(process.execPath, [cli, 'keys', 'generate', '--out', join(await mkdtemp(join(tmpdir(), 'airgap-demo-')), 'release')])).trimEnd());
+  console.log((await run(process.execPath, [cli, 'keys', 'generate', '--out', join(bed.root, 'release')])).trimEnd());
   console.log('\n(bundle, verify, inspect and install arrive with the next issues; the bed above is what they run against)');
   if (values.keep) {
     console.log('\n--keep: the bed stays up; Ctrl-C stops it');

@@ -1,7 +1,9 @@
 import { createHash } from 'node:crypto';
 import { request } from 'node:https';
 import { request as httpRequest } from 'node:http';
+import { inject } from 'vitest';
 import { run } from '../testbed/run.ts';
+import { skopeoAuthFile } from '../testbed/skopeo-auth.ts';
 
 export interface Reply {
   status: number;
@@ -28,7 +30,8 @@ export function fetchRaw(url: string, opts: { method?: string; headers?: Record<
 export const sha256 = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
 export const basic = (user: string, secret: string) => `Basic ${Buffer.from(`${user}:${secret}`).toString('base64')}`;
 
-export { skopeoAuthFile as authFile } from '../testbed/skopeo-auth.ts';
+/** A skopeo auth file under the bed's root, removed with the bed. */
+export const authFile = (host: string, username: string, secret: string) => skopeoAuthFile(inject('testbed').root, host, username, secret);
 
 /** Runs skopeo and reports success or its stderr, so a test can assert on refusals. */
 export async function skopeo(args: string[]): Promise<{ ok: true; stdout: string } | { ok: false; error: string }> {

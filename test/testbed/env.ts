@@ -2,10 +2,10 @@ import type { FixtureRecord } from '../fixtures/release.ts';
 import type { TestbedInfo } from './testbed.ts';
 
 /** The variables benchmarks, the demo and reviewers read (issue: foundation, item 3). */
-export function envLines(bed: TestbedInfo, fx: FixtureRecord, testbedPid = process.pid): Record<string, string> {
+export function envLines(bed: TestbedInfo, fx: FixtureRecord): Record<string, string> {
   return {
     AIRGAP_TESTBED_ROOT: bed.root,
-    AIRGAP_TESTBED_PIDS: [testbedPid, ...bed.pids].join(' '),
+    AIRGAP_TESTBED_PIDS: [process.pid, ...bed.pids].join(' '),
     AIRGAP_GCS_ENDPOINT: bed.gcs.endpoint,
     AIRGAP_RELEASE_BUCKET: fx.release.bucket,
     AIRGAP_SOURCE_REGISTRY: `${bed.source.host}/${bed.source.prefix}`,
