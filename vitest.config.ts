@@ -1,14 +1,20 @@
 import { defineConfig } from 'vitest/config';
 
+const shared = {
+  // @oclif/test and our CLI write to stdout; let it through so assertions can see it.
+  disableConsoleIntercept: true,
+  testTimeout: 120_000,
+  hookTimeout: 180_000,
+  pool: 'forks' as const,
+};
+
 export default defineConfig({
   test: {
-    include: ['test/**/*.test.ts'],
-    globalSetup: ['test/global-setup.ts'],
-    // @oclif/test and our CLI write to stdout; let it through so assertions can see it.
-    disableConsoleIntercept: true,
-    testTimeout: 120_000,
-    hookTimeout: 180_000,
-    pool: 'forks',
     reporters: ['default', './test/summary-reporter.ts'],
+    projects: [
+      // Unit tests need no servers: `npm exec -- vitest run --project unit` skips the test bed.
+      { test: { ...shared, name: 'unit', include: ['test/unit/**/*.test.ts'] } },
+      { test: { ...shared, name: 'integration', include: ['test/integration/**/*.test.ts'], globalSetup: ['test/global-setup.ts'] } },
+    ],
   },
 });
