@@ -7,6 +7,9 @@ export const DOCKER_MANIFEST = 'application/vnd.docker.distribution.manifest.v2+
 export const INDEX_MEDIA_TYPES: readonly string[] = [OCI_INDEX, DOCKER_MANIFEST_LIST];
 export const MANIFEST_MEDIA_TYPES: readonly string[] = [OCI_MANIFEST, DOCKER_MANIFEST];
 
+/** Manifests larger than this are refused (the Distribution spec's recommended limit). */
+export const MAX_MANIFEST_BYTES = 4 << 20;
+
 /** What we send as Accept for manifests: every type we can carry byte-for-byte. */
 export const MANIFEST_ACCEPT = [OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST].join(', ');
 
