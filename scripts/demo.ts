@@ -1,6 +1,8 @@
-// `npm run demo`: the main job end to end on local stand-ins. Today (foundation issue) that is:
-// start the loopback test bed, seed a synthetic Cartesia release, show what the connected side
-// will carry, and make a signing key with the CLI. `bundle` and `install` join as they land.
+// `npm run demo`: the main job end to end on local stand-ins. Today (foundation + OCI engine) that
+// is: start the loopback test bed, seed a synthetic Cartesia release, show what the connected side
+// will carry, carry every image across with `copy` (source registry → one OCI layout → the private
+// registry, digests checked by skopeo), and make a signing key. `bundle` and `install` join as
+// they land.
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -43,6 +45,21 @@ try {
     const digest = `sha256:${createHash('sha256').update(raw).digest('hex')}`;
     const platforms = (JSON.parse(raw) as { manifests: { platform: { architecture: string } }[] }).manifests.map((m) => m.platform.architecture).join(',');
     console.log(`${img.repository.padEnd(56)} ${img.tag.padEnd(16)} ${digest.slice(0, 19)}… ${platforms} ${digest === img.digest ? 'OK' : 'MISMATCH'}`);
+  }
+
+  say('cartesia-airgap copy: every image from the source registry into one OCI layout, then into the private registry');
+  const layout = join(bed.root, 'demo-layout');
+  const auths = await skopeoAuthFile(bed.root, bed.private.host, bed.private.username, bed.private.password);
+  for (const img of fx.images) {
+    const name = `${img.repository.split('/').at(-1)}:${img.tag}`;
+    const t0 = performance.now();
+    const pulled = JSON.parse(await run(process.execPath, [cli, 'copy', `docker://${bed.source.host}/${img.repository}:${img.tag}`, `oci:${layout}:${name}`, '--src-sa-key', bed.saKeyFile, '--src-ca-file', bed.caFile, '--json'])) as { digest: string; blobs: { uploaded: number; existed: number } };
+    const pushed = JSON.parse(await run(process.execPath, [cli, 'copy', `oci:${layout}:${name}`, `docker://${bed.private.host}/cartesia/${name}`, '--dest-creds', `${bed.private.username}:${bed.private.password}`, '--dest-ca-file', bed.caFile, '--json'])) as { digest: string; blobs: { uploaded: number } };
+    const raw = await run('skopeo', ['inspect', '--raw', '--cert-dir', bed.certDir, '--authfile', auths, `docker://${bed.private.host}/cartesia/${name}`]);
+    const seen = `sha256:${createHash('sha256').update(raw).digest('hex')}`;
+    const ok = pulled.digest === img.digest && pushed.digest === img.digest && seen === img.digest;
+    console.log(`${name.padEnd(44)} pulled ${pulled.blobs.uploaded} blobs (${pulled.blobs.existed} shared, already in the layout), pushed ${pushed.blobs.uploaded}; skopeo reads ${seen.slice(0, 19)}… ${ok ? 'OK' : 'MISMATCH'} (${Math.round(performance.now() - t0)} ms)`);
+    if (!ok) throw new Error(`${name}: digest changed on the way`);
   }
 
   say('cartesia-airgap keys generate: the signing key a bundle will be signed with');

@@ -1,0 +1,164 @@
+// `npm run bench:blob -- [--size 2GiB] [--json FILE]`: the must-show "copying a single 2 GiB blob
+// keeps peak RSS under 200 MB". Copies a one-layer image layout → registry → layout with our CLI and
+// with skopeo (for comparison), each under GNU time, and prints seconds, MB/s and peak RSS.
+// A benchmark to read, not a timed test: it fails only when a copy or the hash check fails.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFile, writeFile } from 'node:fs/promises';
+import { cpus, totalmem, platform, release } from 'node:os';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { seededBytes } from '../test/fixtures/bytes.ts';
+import { LayoutWriter } from '../test/fixtures/oci-layout.ts';
+import { run } from '../test/testbed/run.ts';
+import { startTestbed, type Testbed } from '../test/testbed/testbed.ts';
+
+const LAYER = 'application/vnd.oci.image.layer.v1.tar';
+const LIMIT_BYTES = 200e6; // the issue's "200 MB": decimal megabytes
+
+// The npm script passes a leading `--` so Node does not take our flags for its own.
+const argv = process.argv.slice(2);
+const { values } = parseArgs({
+  args: argv[0] === '--' ? argv.slice(1) : argv,
+  options: { size: { type: 'string', default: '2GiB' }, json: { type: 'string' } },
+});
+const size = parseSize(values.size);
+const cli = join(import.meta.dirname, '..', 'bin', 'run.js');
+
+function parseSize(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB)?$/i.exec(text.trim());
+  const units: Record<string, number> = { b: 1, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30, kb: 1e3, mb: 1e6, gb: 1e9 };
+  const n = m ? Math.round(Number(m[1]) * units[(m[2] ?? 'b').toLowerCase()]!) : NaN;
+  if (!Number.isSafeInteger(n) || n <= 0) throw new Error(`--size ${text}: expected e.g. 2GiB, 256MiB or a byte count`);
+  return n;
+}
+
+interface Measure {
+  operation: string;
+  tool: 'cartesia-airgap' | 'skopeo';
+  seconds: number;
+  mbPerSecond: number;
+  maxRssKiB: number;
+  maxRssMiB: number;
+  stdout: string;
+}
+
+let child: ChildProcess | undefined; // the running measurement, so a signal can end it too
+
+/**
+ * Runs `cmd` under `/usr/bin/time -f '%e %M' -o FILE`: GNU time's own report goes to a file, not
+ * mixed with the program's stderr (which for our CLI is NDJSON progress, kept only as a tail).
+ * Async on purpose: the bed's token issuer lives in this process and must keep answering.
+ */
+async function measure(bed: Testbed, operation: string, tool: Measure['tool'], cmd: string, args: string[]): Promise<Measure> {
+  const timeFile = join(bed.root, `time-${Date.now()}.txt`);
+  const proc = spawn('/usr/bin/time', ['-o', timeFile, '-f', '%e %M', cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  child = proc;
+  let stdout = '';
+  let stderrTail = '';
+  proc.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+  proc.stderr.on('data', (d: Buffer) => (stderrTail = (stderrTail + d.toString()).slice(-4000)));
+  const code = await new Promise<number | null>((res, rej) => proc.on('error', rej).on('close', (c) => res(c)));
+  child = undefined;
+  if (code !== 0) throw new Error(`${operation} (${tool}) exited ${code}:\n${stderrTail.trim()}`);
+  // GNU time writes "Command exited with non-zero status" lines first on failure; the figures are last.
+  const [secs, kib] = (await readFile(timeFile, 'utf8')).trim().split('\n').at(-1)!.split(' ').map(Number);
+  if (!Number.isFinite(secs) || !Number.isFinite(kib)) throw new Error(`could not read GNU time's output in ${timeFile}`);
+  return { operation, tool, seconds: secs!, mbPerSecond: size / 1e6 / Math.max(secs!, 0.01), maxRssKiB: kib!, maxRssMiB: kib! / 1024, stdout };
+}
+
+/** Our CLI's --json result must say the layer's bytes really moved (not skipped as already there). */
+function checkOurs(m: Measure): void {
+  const r = JSON.parse(m.stdout.trim().split('\n').at(-1)!) as { blobs: { uploaded: number }; bytesTransferred: number };
+  if (r.bytesTransferred < size) throw new Error(`${m.operation}: only ${r.bytesTransferred} of ${size} bytes transferred (blobs ${JSON.stringify(r.blobs)})`);
+}
+
+let bed: Testbed | undefined;
+let stopping: Promise<void> | undefined;
+// Stops the bed once, whoever asks first (normal end, error or signal); its root holds every temp dir.
+const cleanup = () => (stopping ??= (async () => {
+  child?.kill('SIGTERM');
+  await bed?.stop();
+})());
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+  process.on(sig, () => {
+    console.error(`bench-blob: ${sig}, stopping the test bed`);
+    void cleanup().finally(() => process.exit(130));
+  });
+}
+
+let failed = false;
+try {
+  bed = await startTestbed();
+  const plain = bed.plain.host;
+  const layout = join(bed.root, 'bench-layout');
+  const out = join(bed.root, 'bench-out');
+  const out2 = join(bed.root, 'bench-out-skopeo');
+
+  // The input is built with the fixtures' own writer, never the engine under test.
+  console.error(`bench-blob: writing a ${size}-byte layer into ${layout}`);
+  const w = await new LayoutWriter(layout).init();
+  const layer = await w.putStream(LAYER, seededBytes(`bench-blob-${size}`, size));
+  const config = await w.putJson('application/vnd.oci.image.config.v1+json', {
+    architecture: 'amd64',
+    os: 'linux',
+    rootfs: { type: 'layers', diff_ids: [layer.digest] }, // an uncompressed "tar": diff_id = digest
+  });
+  const manifest = await w.putJson('application/vnd.oci.image.manifest.v1+json', {
+    schemaVersion: 2,
+    mediaType: 'application/vnd.oci.image.manifest.v1+json',
+    config,
+    layers: [layer],
+  });
+  w.addRef(manifest, 'big:1');
+  await w.writeIndex();
+
+  const node = process.execPath; // the pinned Node 24 that npm put on PATH for this script
+  const runs: Measure[] = [];
+  const ours = async (op: string, args: string[]) => {
+    const m = await measure(bed!, op, 'cartesia-airgap', node, [cli, 'copy', ...args, '--json']);
+    checkOurs(m);
+    runs.push(m);
+  };
+  console.error('bench-blob: (a) layout → registry');
+  await ours('layout → registry', [`oci:${layout}:big:1`, `docker://${plain}/bench/big:1`, '--dest-plain-http']);
+  console.error('bench-blob: (b) registry → layout');
+  await ours('registry → layout', [`docker://${plain}/bench/big:1`, `oci:${out}`, '--src-plain-http']);
+
+  // Independent oracle: coreutils' sha256sum over the blob file our copy wrote.
+  const hex = layer.digest.slice('sha256:'.length);
+  const sum = (await run('sha256sum', [join(out, 'blobs', 'sha256', hex)])).split(' ')[0];
+  if (sum !== hex) throw new Error(`hash check: ${out} holds ${sum} under the name ${hex}`);
+  console.error('bench-blob: sha256sum of the copied layer matches its digest');
+
+  // skopeo pushes to its own repository so the registry cannot answer "already there" for it.
+  console.error('bench-blob: skopeo, the same two copies');
+  runs.push(await measure(bed, 'layout → registry', 'skopeo', 'skopeo', ['copy', '--dest-tls-verify=false', `oci:${layout}:big:1`, `docker://${plain}/bench/skopeo:1`]));
+  runs.push(await measure(bed, 'registry → layout', 'skopeo', 'skopeo', ['copy', '--src-tls-verify=false', `docker://${plain}/bench/skopeo:1`, `oci:${out2}:big:1`]));
+
+  const mine = runs.filter((r) => r.tool === 'cartesia-airgap');
+  const under = mine.every((r) => r.maxRssKiB * 1024 < LIMIT_BYTES);
+  console.log(`\nsingle blob of ${size} bytes (${(size / 2 ** 30).toFixed(2)} GiB), ${cpus().length} CPUs, ${(totalmem() / 2 ** 30).toFixed(1)} GiB RAM`);
+  console.log(`${'operation'.padEnd(38)} ${'seconds'.padStart(8)} ${'MB/s'.padStart(8)} ${'peak RSS MiB'.padStart(13)}`);
+  for (const r of runs) {
+    console.log(`${`${r.tool} ${r.operation}`.padEnd(38)} ${r.seconds.toFixed(2).padStart(8)} ${r.mbPerSecond.toFixed(1).padStart(8)} ${r.maxRssMiB.toFixed(1).padStart(13)}`);
+  }
+  console.log(`peak RSS under 200 MB: ${under ? 'yes' : 'no'}`);
+
+  if (values.json) {
+    const report = {
+      date: new Date().toISOString(),
+      sizeBytes: size,
+      limitBytes: LIMIT_BYTES,
+      peakRssUnder200MB: under,
+      machine: { cpus: cpus().length, totalmem: totalmem(), platform: platform(), release: release(), node: process.version },
+      runs: runs.map(({ stdout: _stdout, ...r }) => r),
+    };
+    await writeFile(resolve(values.json), `${JSON.stringify(report, null, 2)}\n`);
+  }
+} catch (err) {
+  console.error(`bench-blob: ${(err as Error).message}`);
+  failed = true;
+} finally {
+  await cleanup();
+}
+process.exit(failed ? 1 : 0);
