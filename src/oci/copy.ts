@@ -1,6 +1,7 @@
 import pLimit from 'p-limit';
 import { OciError } from './errors.ts';
-import { isIndex, isManifest } from './media-types.ts';
+import { verifyBytes } from './digest.ts';
+import { isIndex, isManifest, MAX_MANIFEST_BYTES } from './media-types.ts';
 import { formatPlatform, platformMatches } from './platform.ts';
 import type { Descriptor, Platform, PushBlobResult, ReadTarget, WriteTarget } from './types.ts';
 
@@ -52,6 +53,18 @@ const parse = (bytes: Buffer, desc: Descriptor): Parsed => {
   }
 };
 
+/** os/architecture/variant from an image config (OCI image-spec config.md), size-capped. */
+async function readConfigPlatform(src: ReadTarget, config: Descriptor): Promise<Platform | undefined> {
+  if (config.size > MAX_MANIFEST_BYTES) return undefined;
+  const stream = await src.openBlob(config, 0);
+  const chunks: Buffer[] = [];
+  for await (const c of stream as AsyncIterable<Buffer>) chunks.push(c);
+  const bytes = Buffer.concat(chunks);
+  verifyBytes(config, bytes, 'image config');
+  const doc = JSON.parse(bytes.toString('utf8')) as Partial<Platform>;
+  return doc.os && doc.architecture ? { os: doc.os, architecture: doc.architecture, ...(doc.variant ? { variant: doc.variant } : {}) } : undefined;
+}
+
 /**
  * Copies the graph under one reference (DESIGN.md §2): index → manifests → config and layers.
  * Children are stored before their parents and the reference is set last, so a tag never points
@@ -60,7 +73,7 @@ const parse = (bytes: Buffer, desc: Descriptor): Parsed => {
  */
 export async function copyGraph(src: ReadTarget, dst: WriteTarget, srcReference: string, dstReference: string, opts: CopyOptions = {}): Promise<CopyResult> {
   const emit = opts.onEvent ?? (() => {});
-  const limit = pLimit(opts.concurrency ?? 4);
+  const limit = pLimit({ concurrency: opts.concurrency ?? 4, rejectOnClear: true });
   const result: CopyResult = {
     digest: '',
     mediaType: '',
@@ -71,6 +84,14 @@ export async function copyGraph(src: ReadTarget, dst: WriteTarget, srcReference:
     bytesTotal: 0,
   };
   const blobs = new Map<string, Promise<void>>();
+  // After the first failure, queued transfers are dropped (rejectOnClear) and running ones are
+  // awaited, so the caller never closes a store under work still in flight; the first error wins.
+  let firstError: unknown;
+  const settle = async (work: Promise<unknown>[]): Promise<void> => {
+    const results = await Promise.allSettled(work);
+    const rejected = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (rejected) throw firstError ?? rejected.reason;
+  };
 
   let root = await src.resolve(srcReference);
   emit({ type: 'resolved', digest: root.digest, mediaType: root.mediaType, size: root.size });
@@ -88,6 +109,14 @@ export async function copyGraph(src: ReadTarget, dst: WriteTarget, srcReference:
     root = { mediaType: chosen.mediaType, digest: chosen.digest, size: chosen.size, platform: chosen.platform! };
     emit({ type: 'platform-selected', platform: result.platform, digest: root.digest, indexDigest: result.indexDigest });
     rootBytes = await src.fetchManifest(root);
+  } else if (opts.platform && isManifest(root.mediaType)) {
+    // A single-platform image: its config says which platform it is.
+    const config = parse(rootBytes, root).config;
+    const platform = config ? await readConfigPlatform(src, config) : undefined;
+    if (!platformMatches(opts.platform, platform)) {
+      throw new OciError('NOT_FOUND', `${src.description}:${srcReference} is a single ${platform ? formatPlatform(platform) : 'unknown-platform'} image, not ${formatPlatform(opts.platform)}`);
+    }
+    result.platform = formatPlatform(platform!);
   }
 
   const copyBlob = (desc: Descriptor): Promise<void> => {
@@ -100,13 +129,9 @@ export async function copyGraph(src: ReadTarget, dst: WriteTarget, srcReference:
         let moved = 0;
         if (!(await dst.hasBlob(desc))) {
           emit({ type: 'blob-start', digest: desc.digest, size: desc.size });
-          let bytes = 0;
           const pushed = await dst.pushBlob(desc, (offset) => src.openBlob(desc, offset), {
             ...(src.origin ? { origin: src.origin } : {}),
-            onBytes: (n) => {
-              bytes += n;
-              emit({ type: 'blob-bytes', digest: desc.digest, bytes, size: desc.size });
-            },
+            onBytes: (bytes) => emit({ type: 'blob-bytes', digest: desc.digest, bytes, size: desc.size }),
           });
           how = pushed.how;
           moved = pushed.bytesTransferred;
@@ -114,6 +139,10 @@ export async function copyGraph(src: ReadTarget, dst: WriteTarget, srcReference:
         result.blobs[how]++;
         result.bytesTransferred += moved;
         emit({ type: 'blob-done', digest: desc.digest, size: desc.size, how, bytesTransferred: moved });
+      }).catch((err: unknown) => {
+        firstError ??= err;
+        limit.clearQueue();
+        throw err;
       });
       blobs.set(desc.digest, p);
     }
@@ -129,10 +158,10 @@ export async function copyGraph(src: ReadTarget, dst: WriteTarget, srcReference:
     }
     const doc = parse(bytes, desc);
     if (isIndex(desc.mediaType)) {
-      await Promise.all((doc.manifests ?? []).map(async (child) => copyNode(child, await src.fetchManifest(child))));
+      await settle((doc.manifests ?? []).map(async (child) => copyNode(child, await src.fetchManifest(child))));
     } else if (isManifest(desc.mediaType)) {
       if (!doc.config || !Array.isArray(doc.layers)) throw new OciError('UNSUPPORTED', `manifest ${desc.digest} has no config or layers`);
-      await Promise.all([doc.config, ...doc.layers].map(copyBlob));
+      await settle([doc.config, ...doc.layers].map(copyBlob));
     } else {
       throw new OciError('UNSUPPORTED', `${desc.digest} has media type ${desc.mediaType}, which this tool does not copy`);
     }

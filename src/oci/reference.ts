@@ -26,9 +26,9 @@ const looksLikeHost = (s: string) => s.includes('.') || s.includes(':') || s ===
 
 /**
  * Parses a reference. Without a tag or digest, `defaultTag` is used ('latest' as docker does;
- * pass undefined to keep it absent).
+ * pass null to keep it absent).
  */
-export function parseReference(input: string, defaultTag: string | undefined = 'latest'): Reference {
+export function parseReference(input: string, defaultTag: string | null = 'latest'): Reference {
   let rest = input.trim();
   if (!rest) throw bad(input, 'it is empty');
   let digest: string | undefined;

@@ -29,13 +29,19 @@ export interface BlobOrigin {
   repository: string;
 }
 
-/** Progress sink for one blob: bytes as they land (after verification of the prefix). */
-export type OnBytes = (bytes: number) => void;
+/**
+ * Progress of one blob: how many of its bytes are in place so far (a position, not a delta, so a
+ * restarted attempt moves it back instead of past 100 %).
+ */
+export type OnBytes = (position: number) => void;
 
 export interface PushBlobResult {
   /** 'uploaded' moved bytes, 'mounted' was a cross-repository mount, 'existed' needed nothing. */
   how: 'uploaded' | 'mounted' | 'existed';
-  /** Bytes actually read from the source (less than size when a partial copy was resumed). */
+  /**
+   * Bytes read from the source, every attempt included: less than size when a partial copy was
+   * resumed, more when a failed attempt had to start over.
+   */
   bytesTransferred: number;
 }
 

@@ -1,4 +1,5 @@
 import { OciError } from '../errors.ts';
+import { apiHost } from '../reference.ts';
 import { drain, type Transport } from '../http/transport.ts';
 import { parseChallenges, type Challenge } from './challenge.ts';
 import type { Credential } from './docker-config.ts';
@@ -88,8 +89,10 @@ export class Authorizer {
     } catch {
       throw new OciError('UNAUTHORIZED', `registry ${registry} sent an invalid token realm "${realm.slice(0, 120)}"`);
     }
-    const mine = this.#transport.endpoint(registry);
-    if (realmHost !== registry && !this.#transport.endpoint(realmHost) && mine) {
+    // Endpoints are configured under the API host (registry-1.docker.io for docker.io).
+    const host = apiHost(registry);
+    const mine = this.#transport.endpoint(host);
+    if (realmHost !== host && !this.#transport.endpoint(realmHost) && mine) {
       await this.#transport.configure(realmHost, { ...(mine.caFile ? { caFile: mine.caFile } : {}), ...(mine.insecureSkipVerify ? { insecureSkipVerify: true } : {}) });
     }
   }
@@ -137,9 +140,8 @@ export class Authorizer {
     // The spec's default lifetime is 60 s; refresh a quarter early (at most 30 s) so a request
     // never starts with a token about to lapse.
     const ttl = (typeof body.expires_in === 'number' && body.expires_in > 0 ? body.expires_in : 60) * 1000;
-    const issued = body.issued_at ? Date.parse(body.issued_at) : NaN;
-    const start = Number.isFinite(issued) ? Math.min(issued, Date.now()) : Date.now();
+    // Counted from receipt, not the server's issued_at: an air-gapped clock may be minutes off.
     this.tokensFetched++;
-    return { token, expiresAt: start + ttl - Math.min(30_000, ttl / 4) };
+    return { token, expiresAt: Date.now() + ttl - Math.min(30_000, ttl / 4) };
   }
 }

@@ -6,7 +6,7 @@ import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { writeFileAtomic } from '../../util/atomic.ts';
 import { digestHex, VerifyingStream, verifyBytes } from '../digest.ts';
-import { OciError } from '../errors.ts';
+import { isOciError, OciError } from '../errors.ts';
 import type { Descriptor, OnBytes, OpenBlob, PushBlobResult, WriteTarget } from '../types.ts';
 import { DirectoryFiles } from './directory-files.ts';
 import { emptyIndex, parseIndexJson, REF_NAME, serializeIndexJson } from './index-json.ts';
@@ -132,10 +132,12 @@ export class LayoutDirectory extends LayoutReader implements WriteTarget {
         for await (const c of src) hash.update(c);
       });
       try {
+        let position = have;
         const count = new Transform({
           transform(chunk: Buffer, _e, done) {
             bytesTransferred += chunk.length;
-            onBytes?.(chunk.length);
+            position += chunk.length;
+            onBytes?.(position);
             done(null, chunk);
           },
         });
@@ -151,7 +153,10 @@ export class LayoutDirectory extends LayoutReader implements WriteTarget {
         const resumable = err instanceof OciError ? err.retryable : true;
         // Bytes that failed verification are worthless; a broken connection's bytes are kept.
         if (!resumable) await rm(partial, { force: true });
-        if (!resumable || attempt >= ATTEMPTS) throw err;
+        // A partial left by an earlier run may itself be the bad part: start over once from zero
+        // before blaming the source.
+        const badPartial = have > 0 && isOciError(err) && (err.code === 'DIGEST_MISMATCH' || err.code === 'SIZE_MISMATCH');
+        if ((!resumable && !badPartial) || attempt >= ATTEMPTS) throw err;
       }
     }
   }

@@ -75,7 +75,9 @@ export class RegistryClient {
   /** Sends with authorization; a 401 is answered by the challenge flow and one retry. */
   async send(req: RegistryRequest): Promise<Response> {
     const url = this.url(req.path);
-    let auth = await this.authorizer.authorization(this.registry, req.scopes);
+    // An upload Location on another host (a storage front end) never gets the registry's token.
+    const sameOrigin = new URL(url).origin === new URL(this.url('/')).origin;
+    let auth = sameOrigin ? await this.authorizer.authorization(this.registry, req.scopes) : undefined;
     for (let attempt = 0; ; attempt++) {
       const res = await this.transport.send({
         url,

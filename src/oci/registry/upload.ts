@@ -18,10 +18,12 @@ const ATTEMPTS = 3;
 
 /** The source stream, verified and counted on its way to the registry. */
 function verifiedSource(src: Readable, desc: Descriptor, onBytes: OnBytes | undefined, count: (n: number) => void): Readable {
+  let position = 0;
   const counter = new Transform({
     transform(chunk: Buffer, _e, done) {
       count(chunk.length);
-      onBytes?.(chunk.length);
+      position += chunk.length;
+      onBytes?.(position);
       done(null, chunk);
     },
   });
@@ -102,11 +104,14 @@ async function uploadChunks(client: RegistryClient, scopes: string[], first: str
   let sent = 0;
   let pending: Buffer[] = [];
   let pendingBytes = 0;
-  const flush = async () => {
+  // Sends exactly `n` bytes (fewer only for the last chunk): a proxy body limit that `size` was
+  // chosen for must hold for every PATCH.
+  const flush = async (n: number) => {
     if (pendingBytes === 0) return;
-    const body = Buffer.concat(pending, pendingBytes);
-    pending = [];
-    pendingBytes = 0;
+    const all = Buffer.concat(pending, pendingBytes);
+    const body = all.subarray(0, n);
+    pending = all.length > n ? [all.subarray(n)] : [];
+    pendingBytes = all.length - body.length;
     const res = await client.send({
       method: 'PATCH',
       path: location,
@@ -122,9 +127,9 @@ async function uploadChunks(client: RegistryClient, scopes: string[], first: str
   for await (const chunk of src as AsyncIterable<Buffer>) {
     pending.push(chunk);
     pendingBytes += chunk.length;
-    if (pendingBytes >= size) await flush();
+    while (pendingBytes >= size) await flush(size);
   }
-  await flush();
+  await flush(pendingBytes);
   const res = await client.send({ method: 'PUT', path: withQuery(client, location, { digest: desc.digest }), scopes, headers: { 'content-length': '0' } });
   if (res.statusCode !== 201) throw await registryError(res, `cannot complete the upload of ${desc.digest}`);
   await drain(res);
