@@ -15,7 +15,8 @@ const tlsVerify = (side: string) =>
 export default class Copy extends AirgapCommand {
   static override summary = 'Copy one image (or a whole multi-platform index) between registries and OCI layouts.';
   static override description =
-    'SRC and DST use skopeo\'s syntax: docker://HOST/REPO:TAG (or @sha256:…) and oci:DIR[:REF]. Manifests are copied byte for byte, ' +
+    'SRC and DST use skopeo\'s syntax: docker://HOST/REPO:TAG (or @sha256:…) and oci:DIR[:REF]; a source may also be ' +
+    'oci-archive:FILE[:REF], a tar of an image layout read in place. Manifests are copied byte for byte, ' +
     'so digests are kept; every blob is verified while it streams; blobs the destination already has are skipped, blobs in another ' +
     'repository of the same registry are mounted; the tag is written last. An interrupted copy resumes where it stopped. ' +
     'Credentials come from --src-creds/--dest-creds (or CARTESIA_AIRGAP_SRC_CREDS/CARTESIA_AIRGAP_DEST_CREDS), an Artifact Registry ' +
@@ -26,7 +27,7 @@ export default class Copy extends AirgapCommand {
     '<%= config.bin %> copy docker://docker.io/library/nats:2.10.22-alpine oci:./images --platform linux/amd64 --json',
   ];
   static override args = {
-    src: Args.string({ description: 'source: docker://REF or oci:DIR[:REF]', required: true }),
+    src: Args.string({ description: 'source: docker://REF, oci:DIR[:REF] or oci-archive:FILE[:REF]', required: true }),
     dst: Args.string({ description: 'destination: docker://REF or oci:DIR[:REF]', required: true }),
   };
   static override flags = {

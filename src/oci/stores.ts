@@ -11,6 +11,7 @@ import type { Location } from './location.ts';
 import { apiHost, formatReference, referenceSelector, type Reference } from './reference.ts';
 import { RegistryClient } from './registry/client.ts';
 import { RemoteRepository, type RepositoryOptions } from './registry/repository.ts';
+import { TarLayoutFiles } from './tar-files.ts';
 import type { ReadTarget, WriteTarget } from './types.ts';
 
 /** How one side of a copy reaches its store. */
@@ -35,7 +36,8 @@ async function remote(loc: Extract<Location, { kind: 'docker' }>, side: SideOpti
 
 export async function openSource(loc: Location, side: SideOptions, transport: Transport): Promise<Opened<ReadTarget>> {
   if (loc.kind === 'docker') return { target: await remote(loc, side, transport), reference: referenceSelector(loc.ref), close: async () => {} };
-  return { target: new LayoutReader(new DirectoryFiles(loc.dir)), reference: loc.ref ?? '', close: async () => {} };
+  const files = loc.kind === 'oci' ? new DirectoryFiles(loc.dir) : await TarLayoutFiles.open(loc.file, '');
+  return { target: new LayoutReader(files), reference: loc.ref ?? '', close: async () => {} };
 }
 
 /** `host/repo:tag`, or `host/repo@digest` when the source was pinned by digest only. */
@@ -43,7 +45,7 @@ const imageName = (r: Reference) => formatReference({ registry: r.registry, repo
 
 /** The name a layout entry gets when the destination gives none: `name:tag` of the source. */
 function defaultRefName(src: Location): string {
-  if (src.kind === 'oci' && src.ref) return src.ref;
+  if (src.kind !== 'docker' && src.ref) return src.ref;
   if (src.kind === 'docker' && src.ref.tag) return `${basename(src.ref.repository)}:${src.ref.tag}`;
   throw new OciError('BAD_REFERENCE', 'the destination layout needs a reference name when the source has no tag: use oci:DIR:NAME');
 }
@@ -52,6 +54,7 @@ export async function openDestination(loc: Location, side: SideOptions, transpor
   if (loc.kind === 'docker') {
     return { target: await remote(loc, side, transport), reference: loc.ref.tag ?? referenceSelector(loc.ref), close: async () => {} };
   }
+  if (loc.kind === 'oci-archive') throw new OciError('BAD_REFERENCE', `${loc.text}: oci-archive is read-only here; write to oci:DIR instead`);
   const layout = await LayoutDirectory.open(loc.dir);
   return {
     target: layout,

@@ -2,6 +2,7 @@ import { mkdtemp } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, inject, it } from 'vitest';
 import { errorLines, runCli } from './cli.ts';
+import { run } from '../testbed/run.ts';
 import { authFile, sha256, skopeo } from './helpers.ts';
 
 const bed = inject('testbed');
@@ -69,6 +70,33 @@ describe('copy: source registry → OCI layout', () => {
     const arm64 = api.platforms.find((p) => p.architecture === 'arm64')!;
     const layout = await skopeo(['inspect', '--raw', `oci:${dir}:api-amd64`]);
     expect(layout.ok && layout.stdout).not.toContain(hex(arm64.digest));
+  });
+});
+
+describe('copy: other sources and logins', () => {
+  it('reads a tar of a layout in place (oci-archive:), digests identical', async () => {
+    const dir = await tmp('layout-for-tar');
+    await copy(`docker://${bed.source.host}/${api.repository}:${api.tag}`, `oci:${dir}`, fromSource);
+    const tar = `${dir}.tar`;
+    await run('tar', ['-C', dir, '-cf', tar, '.']);
+    const dest = `docker://${bed.plain.host}/from-tar/api:${api.tag}`;
+    const out = await copy(`oci-archive:${tar}:${name(api.repository)}:${api.tag}`, dest, ['--dest-plain-http']);
+    expect(out.digest).toBe(api.digest);
+    expect(await rawDigest(dest, ['--tls-verify=false'])).toBe(api.digest);
+  });
+
+  it('pulls a public image anonymously (token flow without a login)', async () => {
+    const nats = fixture.images.find((i) => i.repository === 'library/nats')!;
+    const dir = await tmp('layout-anon');
+    const out = await copy(`docker://${bed.source.host}/library/nats:${nats.tag}`, `oci:${dir}`, ca);
+    expect(out.digest).toBe(nats.digest);
+    expect(await rawDigest(`oci:${dir}:nats:${nats.tag}`)).toBe(nats.digest);
+  });
+
+  it('--src-tls-verify=false reaches a registry (and its token service) whose CA is unknown', async () => {
+    const dir = await tmp('layout-noverify');
+    const out = await copy(`docker://${bed.source.host}/${worker.repository}:${worker.tag}`, `oci:${dir}`, ['--src-sa-key', bed.saKeyFile, '--src-tls-verify=false']);
+    expect(out.digest).toBe(worker.digest);
   });
 });
 
