@@ -30,7 +30,7 @@ export interface Opened<T> {
 
 async function remote(loc: Extract<Location, { kind: 'docker' }>, side: SideOptions, transport: Transport): Promise<RemoteRepository> {
   if (side.endpoint) await transport.configure(apiHost(loc.ref.registry), side.endpoint);
-  const client = new RegistryClient(loc.ref.registry, transport, new Authorizer(transport, loginProvider(side.login ?? {})));
+  const client = new RegistryClient(loc.ref.registry, transport, new Authorizer(transport, loginProvider({ ...side.login, fetch: transport.fetch })));
   return new RemoteRepository(client, loc.ref.repository, side.repository);
 }
 

@@ -18,6 +18,8 @@ export interface LoginOptions {
   /** A Docker config.json / containers auth.json to read instead of the default ones. */
   authFile?: string;
   env?: NodeJS.ProcessEnv;
+  /** How to reach Google's token endpoint (the engine's transport, so proxies and CAs apply). */
+  fetch?: typeof globalThis.fetch;
 }
 
 /** `USER:PASS` → a credential; split at the first colon so passwords may hold colons. */
@@ -49,9 +51,13 @@ async function readServiceAccountKey(file: string): Promise<{ text: string; json
 }
 
 /** A short-lived access token for the key, through google-auth-library (cached and refreshed by it). */
-async function accessTokenSource(json: Record<string, unknown>): Promise<() => Promise<string>> {
+async function accessTokenSource(json: Record<string, unknown>, fetchImplementation?: typeof globalThis.fetch): Promise<() => Promise<string>> {
   const { GoogleAuth } = await import('google-auth-library');
-  const auth = new GoogleAuth({ credentials: json, scopes: ['https://www.googleapis.com/auth/cloud-platform'] });
+  const auth = new GoogleAuth({
+    credentials: json,
+    scopes: ['https://www.googleapis.com/auth/cloud-platform'],
+    ...(fetchImplementation ? { clientOptions: { transporterOptions: { fetchImplementation } } } : {}),
+  });
   return async () => {
     try {
       const token = await (await auth.getClient()).getAccessToken();
@@ -70,7 +76,7 @@ export function loginProvider(opts: LoginOptions): CredentialProvider {
     fromKey ??= (async () => {
       const key = await readServiceAccountKey(opts.serviceAccountKeyFile!);
       if (opts.serviceAccountMode === 'access_token') {
-        const token = await accessTokenSource(key.json);
+        const token = await accessTokenSource(key.json, opts.fetch);
         return async () => ({ username: 'oauth2accesstoken', password: await token() });
       }
       const fixed = { username: '_json_key', password: key.text };

@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Agent, Pool, request, type Dispatcher } from 'undici';
+import { Agent, Pool, request, fetch as undiciFetch, type Dispatcher } from 'undici';
 import { OciError } from '../errors.ts';
 
 /** How to reach one registry host. TLS is verified unless this host says otherwise. */
@@ -196,6 +196,10 @@ export class Transport {
       url = next.toString();
     }
   }
+
+  /** WHATWG fetch through this agent, for libraries that take one (the Google token exchange). */
+  readonly fetch = ((input: string | URL, init?: RequestInit) =>
+    undiciFetch(input as string, { ...(init as object), dispatcher: this.#dispatcher })) as unknown as typeof globalThis.fetch;
 
   async close(): Promise<void> {
     await this.#dispatcher.close();
