@@ -9,6 +9,7 @@ import type { Credential } from '../../src/oci/auth/docker-config.ts';
 import { isOciError } from '../../src/oci/errors.ts';
 import { drain, Transport } from '../../src/oci/http/transport.ts';
 import { RegistryClient } from '../../src/oci/registry/client.ts';
+import { plainHeaders, rejection } from './helpers.ts';
 
 const REG = 'reg.example';
 const REALM = 'https://auth.example/token';
@@ -20,16 +21,6 @@ interface Seen {
   path: string;
   headers: Record<string, string>;
   body: string;
-}
-
-/** Request headers as a plain lowercase record, whatever shape MockAgent hands the callback. */
-function plainHeaders(h: unknown): Record<string, string> {
-  const out: Record<string, string> = {};
-  if (!h) return out;
-  if (h instanceof Headers) h.forEach((v, k) => (out[k.toLowerCase()] = v));
-  else if (Array.isArray(h)) for (let i = 0; i + 1 < h.length; i += 2) out[String(h[i]).toLowerCase()] = String(h[i + 1]);
-  else for (const [k, v] of Object.entries(h as Record<string, unknown>)) out[k.toLowerCase()] = Array.isArray(v) ? v.join(', ') : String(v);
-  return out;
 }
 
 async function bodyText(body: unknown): Promise<string> {
@@ -112,12 +103,6 @@ async function get(b: Bed, scopes: string[] = [PULL]): Promise<number> {
 
 const query = (s: Seen) => new URL(s.path, 'https://x').searchParams;
 const alice: Credential = { username: 'alice', password: PASSWORD };
-
-async function rejection(p: Promise<unknown>): Promise<Error> {
-  const err = await p.then(() => undefined, (e: unknown) => e);
-  expect(err, 'expected a rejection').toBeInstanceOf(Error);
-  return err as Error;
-}
 
 describe('Authorizer: Bearer token flow', () => {
   it('answers a 401 with a token fetched with service, scope and Basic credentials, then retries with it', async () => {

@@ -12,6 +12,7 @@ import { OCI_MANIFEST } from '../../src/oci/media-types.ts';
 import { RegistryClient } from '../../src/oci/registry/client.ts';
 import { RemoteRepository } from '../../src/oci/registry/repository.ts';
 import type { Descriptor } from '../../src/oci/types.ts';
+import { rejection } from './helpers.ts';
 
 const sha = (b: Uint8Array) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 const BLOB = randomBytes(200_000);
@@ -72,12 +73,6 @@ async function collect(stream: Readable): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const c of stream) chunks.push(c as Buffer);
   return Buffer.concat(chunks);
-}
-
-async function rejection(p: Promise<unknown>): Promise<Error> {
-  const err = await p.then(() => undefined, (e: unknown) => e);
-  expect(err, 'expected a rejection').toBeInstanceOf(Error);
-  return err as Error;
 }
 
 describe('RemoteRepository.openBlob', () => {

@@ -2,19 +2,10 @@ import { MockAgent } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { isOciError } from '../../src/oci/errors.ts';
 import { describeNetworkError, drain, Transport, type RetryPolicy } from '../../src/oci/http/transport.ts';
+import { plainHeaders } from './helpers.ts';
 
 const ORIGIN = 'https://reg.example';
 const URL_ = `${ORIGIN}/v2/r/blobs/sha256:abc`;
-
-/** Request headers as a plain lowercase record, whatever shape MockAgent hands the callback. */
-function plainHeaders(h: unknown): Record<string, string> {
-  const out: Record<string, string> = {};
-  if (!h) return out;
-  if (h instanceof Headers) h.forEach((v, k) => (out[k.toLowerCase()] = v));
-  else if (Array.isArray(h)) for (let i = 0; i + 1 < h.length; i += 2) out[String(h[i]).toLowerCase()] = String(h[i + 1]);
-  else for (const [k, v] of Object.entries(h as Record<string, unknown>)) out[k.toLowerCase()] = String(v);
-  return out;
-}
 
 const netError = (code: string) => Object.assign(new Error(`simulated ${code}`), { code });
 

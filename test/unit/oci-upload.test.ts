@@ -9,6 +9,7 @@ import { Transport } from '../../src/oci/http/transport.ts';
 import { RegistryClient } from '../../src/oci/registry/client.ts';
 import { uploadBlob, type UploadOptions } from '../../src/oci/registry/upload.ts';
 import type { Descriptor } from '../../src/oci/types.ts';
+import { plainHeaders, rejection } from './helpers.ts';
 
 const REG = 'reg.example';
 const sha = (b: Uint8Array) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
@@ -25,15 +26,6 @@ interface Seen {
 interface Reply {
   status: number;
   headers?: Record<string, string>;
-}
-
-function plainHeaders(h: unknown): Record<string, string> {
-  const out: Record<string, string> = {};
-  if (!h) return out;
-  if (h instanceof Headers) h.forEach((v, k) => (out[k.toLowerCase()] = v));
-  else if (Array.isArray(h)) for (let i = 0; i + 1 < h.length; i += 2) out[String(h[i]).toLowerCase()] = String(h[i + 1]);
-  else for (const [k, v] of Object.entries(h as Record<string, unknown>)) out[k.toLowerCase()] = String(v);
-  return out;
 }
 
 async function bodyBytes(body: unknown): Promise<Buffer> {
@@ -98,12 +90,6 @@ async function upload(client: RegistryClient, open: (o: number) => Promise<Reada
   let progress = 0;
   const result = await uploadBlob(client, 'r', desc, open, { ...opts, onBytes: (n) => (progress = Math.max(progress, n)) });
   return { ...result, progress };
-}
-
-async function rejection(p: Promise<unknown>): Promise<Error> {
-  const err = await p.then(() => undefined, (e: unknown) => e);
-  expect(err, 'expected a rejection').toBeInstanceOf(Error);
-  return err as Error;
 }
 
 describe('uploadBlob: monolithic', () => {
