@@ -1,8 +1,7 @@
 import pLimit from 'p-limit';
 import { OciError } from './errors.ts';
-import { verifyBytes } from './digest.ts';
-import { isIndex, isManifest, MAX_MANIFEST_BYTES } from './media-types.ts';
-import { formatPlatform, platformMatches } from './platform.ts';
+import { parseManifest, resolveRoot } from './graph.ts';
+import { isIndex, isManifest } from './media-types.ts';
 import type { Descriptor, Platform, PushBlobResult, ReadTarget, WriteTarget } from './types.ts';
 
 export type CopyEvent =
@@ -39,32 +38,6 @@ export interface CopyResult {
   bytesTotal: number;
 }
 
-interface Parsed {
-  manifests?: Descriptor[];
-  config?: Descriptor;
-  layers?: Descriptor[];
-}
-
-const parse = (bytes: Buffer, desc: Descriptor): Parsed => {
-  try {
-    return JSON.parse(bytes.toString('utf8')) as Parsed;
-  } catch {
-    throw new OciError('UNSUPPORTED', `manifest ${desc.digest} is not JSON`);
-  }
-};
-
-/** os/architecture/variant from an image config (OCI image-spec config.md), size-capped. */
-async function readConfigPlatform(src: ReadTarget, config: Descriptor): Promise<Platform | undefined> {
-  if (config.size > MAX_MANIFEST_BYTES) return undefined;
-  const stream = await src.openBlob(config, 0);
-  const chunks: Buffer[] = [];
-  for await (const c of stream as AsyncIterable<Buffer>) chunks.push(c);
-  const bytes = Buffer.concat(chunks);
-  verifyBytes(config, bytes, 'image config');
-  const doc = JSON.parse(bytes.toString('utf8')) as Partial<Platform>;
-  return doc.os && doc.architecture ? { os: doc.os, architecture: doc.architecture, ...(doc.variant ? { variant: doc.variant } : {}) } : undefined;
-}
-
 /**
  * Copies the graph under one reference (DESIGN.md §2): index → manifests → config and layers.
  * Children are stored before their parents and the reference is set last, so a tag never points
@@ -93,30 +66,13 @@ export async function copyGraph(src: ReadTarget, dst: WriteTarget, srcReference:
     if (rejected) throw firstError ?? rejected.reason;
   };
 
-  let root = await src.resolve(srcReference);
-  emit({ type: 'resolved', digest: root.digest, mediaType: root.mediaType, size: root.size });
-  let rootBytes = await src.fetchManifest(root);
-  if (opts.platform && isIndex(root.mediaType)) {
-    const wanted = opts.platform;
-    const entries = parse(rootBytes, root).manifests ?? [];
-    const chosen = entries.find((m) => platformMatches(wanted, m.platform));
-    if (!chosen) {
-      const have = entries.map((m) => (m.platform ? formatPlatform(m.platform) : 'unknown')).join(', ');
-      throw new OciError('NOT_FOUND', `${src.description}:${srcReference} has no ${formatPlatform(wanted)} image (it has ${have || 'none'})`);
-    }
-    result.indexDigest = root.digest;
-    result.platform = formatPlatform(chosen.platform!);
-    root = { mediaType: chosen.mediaType, digest: chosen.digest, size: chosen.size, platform: chosen.platform! };
-    emit({ type: 'platform-selected', platform: result.platform, digest: root.digest, indexDigest: result.indexDigest });
-    rootBytes = await src.fetchManifest(root);
-  } else if (opts.platform && isManifest(root.mediaType)) {
-    // A single-platform image: its config says which platform it is.
-    const config = parse(rootBytes, root).config;
-    const platform = config ? await readConfigPlatform(src, config) : undefined;
-    if (!platformMatches(opts.platform, platform)) {
-      throw new OciError('NOT_FOUND', `${src.description}:${srcReference} is a single ${platform ? formatPlatform(platform) : 'unknown-platform'} image, not ${formatPlatform(opts.platform)}`);
-    }
-    result.platform = formatPlatform(platform!);
+  const selected = await resolveRoot(src, srcReference, opts.platform);
+  emit({ type: 'resolved', digest: selected.resolved.digest, mediaType: selected.resolved.mediaType, size: selected.resolved.size });
+  const { root, bytes: rootBytes } = selected;
+  if (selected.platform) result.platform = selected.platform;
+  if (selected.indexDigest) {
+    result.indexDigest = selected.indexDigest;
+    emit({ type: 'platform-selected', platform: selected.platform!, digest: root.digest, indexDigest: selected.indexDigest });
   }
 
   const copyBlob = (desc: Descriptor): Promise<void> => {
@@ -156,7 +112,7 @@ export async function copyGraph(src: ReadTarget, dst: WriteTarget, srcReference:
       emit({ type: 'manifest-done', digest: desc.digest, mediaType: desc.mediaType, how: 'existed' });
       return;
     }
-    const doc = parse(bytes, desc);
+    const doc = parseManifest(bytes, desc);
     if (isIndex(desc.mediaType)) {
       await settle((doc.manifests ?? []).map(async (child) => copyNode(child, await src.fetchManifest(child))));
     } else if (isManifest(desc.mediaType)) {

@@ -67,6 +67,8 @@ export class RemoteRepository implements ReadTarget, WriteTarget {
       bytes = await readCapped(res, MAX_MANIFEST_BYTES, `manifest ${desc.digest}`);
     }
     verifyBytes(desc, bytes, `manifest from ${this.description}`);
+    // Kept (manifests are small): a plan walks the graph before the copy walks it again.
+    this.#manifests.set(desc.digest, bytes);
     return bytes;
   }
 
