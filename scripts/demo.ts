@@ -63,7 +63,7 @@ try {
   }
 
   say('cartesia-airgap keys generate: the signing key a bundle will be signed with');
-  console.log((await run(process.execPath, [cli, 'keys', 'generate', '--out', join(bed.root, 'release')])).trimEnd());
+  console.log((await run(process.execPath, [cli, 'keys', 'generate', '--out', join(bed.root, 'keys')])).trimEnd());
   console.log('\n(bundle, verify, inspect and install arrive with the next issues; the bed above is what they run against)');
   if (values.keep) {
     console.log('\n--keep: the bed stays up; Ctrl-C stops it');

@@ -24,15 +24,15 @@ describe('keys generate', () => {
     const dir = await mkdtemp(join(tmpdir(), 'airgap-keys-'));
     const res = await airgap(['keys', 'generate', '--out', join(dir, 'release')]);
     expect(res.code).toBe(0);
-    expect((await stat(join(dir, 'release.key'))).mode & 0o777).toBe(0o600);
-    expect(await run('openssl', ['pkey', '-in', join(dir, 'release.key'), '-noout', '-text'])).toMatch(/ASN1 OID: prime256v1/);
+    expect((await stat(join(dir, 'release', 'bundle.key'))).mode & 0o777).toBe(0o600);
+    expect(await run('openssl', ['pkey', '-in', join(dir, 'release', 'bundle.key'), '-noout', '-text'])).toMatch(/ASN1 OID: prime256v1/);
 
     await writeFile(join(dir, 'msg'), 'bundle.json stand-in\n');
-    await run('openssl', ['dgst', '-sha256', '-sign', join(dir, 'release.key'), '-out', join(dir, 'msg.sig'), join(dir, 'msg')]);
-    expect(await run('openssl', ['dgst', '-sha256', '-verify', join(dir, 'release.pub'), '-signature', join(dir, 'msg.sig'), join(dir, 'msg')])).toBe('Verified OK\n');
+    await run('openssl', ['dgst', '-sha256', '-sign', join(dir, 'release', 'bundle.key'), '-out', join(dir, 'msg.sig'), join(dir, 'msg')]);
+    expect(await run('openssl', ['dgst', '-sha256', '-verify', join(dir, 'release', 'bundle.pub'), '-signature', join(dir, 'msg.sig'), join(dir, 'msg')])).toBe('Verified OK\n');
 
     const der = join(dir, 'pub.der');
-    await run('openssl', ['pkey', '-pubin', '-in', join(dir, 'release.pub'), '-outform', 'DER', '-out', der]);
+    await run('openssl', ['pkey', '-pubin', '-in', join(dir, 'release', 'bundle.pub'), '-outform', 'DER', '-out', der]);
     const expected = (await run('sha256sum', [der])).split(' ')[0];
     expect(res.stdout).toContain(`fingerprint  SHA256:${expected}`);
   });
@@ -40,12 +40,12 @@ describe('keys generate', () => {
   it('refuses to overwrite an existing key with a one-line error and a non-zero exit, keeping the old key', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'airgap-keys-'));
     expect((await airgap(['keys', 'generate', '--out', join(dir, 'k')])).code).toBe(0);
-    const before = await readFile(join(dir, 'k.key'), 'utf8');
+    const before = await readFile(join(dir, 'k', 'bundle.key'), 'utf8');
     const again = await airgap(['keys', 'generate', '--out', join(dir, 'k')]);
     expect(again.code).not.toBe(0);
-    expect(again.stderr).toMatch(/k\.key already exists; choose another --out prefix/);
+    expect(again.stderr).toMatch(/bundle\.key already exists; choose another --out directory/);
     expect(again.stderr.trim().split('\n').filter((l) => l.includes('already exists'))).toHaveLength(1);
-    expect(await readFile(join(dir, 'k.key'), 'utf8')).toBe(before);
+    expect(await readFile(join(dir, 'k', 'bundle.key'), 'utf8')).toBe(before);
   });
 
   it('encrypts the private key with a passphrase from stdin and never prints it', async () => {
@@ -60,9 +60,9 @@ describe('keys generate', () => {
     expect(code).toBe(0);
     expect(out).not.toContain(secret);
     expect(JSON.parse(out)).toMatchObject({ encrypted: true });
-    const pem = await readFile(join(dir, 'enc.key'), 'utf8');
+    const pem = await readFile(join(dir, 'enc', 'bundle.key'), 'utf8');
     expect(pem).toMatch(/^-----BEGIN ENCRYPTED PRIVATE KEY-----/);
-    await expect(run('openssl', ['pkey', '-in', join(dir, 'enc.key'), '-passin', 'pass:wrong', '-noout'])).rejects.toThrow();
-    expect(await run('openssl', ['pkey', '-in', join(dir, 'enc.key'), '-passin', `pass:${secret}`, '-pubout'])).toBe(await readFile(join(dir, 'enc.pub'), 'utf8'));
+    await expect(run('openssl', ['pkey', '-in', join(dir, 'enc', 'bundle.key'), '-passin', 'pass:wrong', '-noout'])).rejects.toThrow();
+    expect(await run('openssl', ['pkey', '-in', join(dir, 'enc', 'bundle.key'), '-passin', `pass:${secret}`, '-pubout'])).toBe(await readFile(join(dir, 'enc', 'bundle.pub'), 'utf8'));
   });
 });

@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
-import { dirname, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { Flags } from '@oclif/core';
 import { AirgapCommand } from '../../base-command.ts';
 import { generateSigningKeyPair } from '../../bundle/keys.ts';
@@ -10,16 +10,16 @@ import { readStdinSecret } from '../../util/stdin.ts';
 export default class KeysGenerate extends AirgapCommand {
   static override summary = 'Make an ECDSA P-256 key pair for signing bundles.';
   static override description =
-    'Writes PREFIX.key (PKCS#8 PEM, mode 0600, encrypted when a passphrase is given) and PREFIX.pub ' +
+    'Writes DIR/bundle.key (PKCS#8 PEM, mode 0600, encrypted when a passphrase is given) and DIR/bundle.pub ' +
     '(SPKI PEM, the key operators use to verify). Existing files are never overwritten. The public key works ' +
     'with `openssl dgst -sha256 -verify PREFIX.pub` and `cosign verify-blob --key PREFIX.pub`.';
   static override examples = [
-    '<%= config.bin %> keys generate --out keys/release',
-    'printf %s "$PASSPHRASE" | <%= config.bin %> keys generate --out keys/release --passphrase-stdin',
+    '<%= config.bin %> keys generate --out keys',
+    'printf %s "$PASSPHRASE" | <%= config.bin %> keys generate --out keys --passphrase-stdin',
   ];
   static override enableJsonFlag = true;
   static override flags = {
-    out: Flags.string({ description: 'path prefix of the two files', default: 'cartesia-airgap' }),
+    out: Flags.string({ description: 'directory for bundle.key and bundle.pub (created when missing)', default: '.' }),
     'passphrase-stdin': Flags.boolean({
       description: 'read a passphrase from stdin and encrypt the private key with it (or set CARTESIA_AIRGAP_KEY_PASSPHRASE)',
     }),
@@ -27,17 +27,17 @@ export default class KeysGenerate extends AirgapCommand {
 
   async run(): Promise<{ privateKey: string; publicKey: string; fingerprint: string; encrypted: boolean }> {
     const { flags } = await this.parse(KeysGenerate);
-    const prefix = resolve(flags.out);
-    const privatePath = `${prefix}.key`;
-    const publicPath = `${prefix}.pub`;
+    const dir = resolve(flags.out);
+    const privatePath = join(dir, 'bundle.key');
+    const publicPath = join(dir, 'bundle.pub');
     for (const p of [privatePath, publicPath]) {
-      if (existsSync(p)) this.error(`${p} already exists; choose another --out prefix or move the old key away`, { exit: 1 });
+      if (existsSync(p)) this.error(`${p} already exists; choose another --out directory or move the old key away`, { exit: 1 });
     }
     const passphrase = flags['passphrase-stdin'] ? await readStdinSecret() : process.env.CARTESIA_AIRGAP_KEY_PASSPHRASE;
     if (flags['passphrase-stdin'] && !passphrase) this.error('--passphrase-stdin was given but stdin was empty; pipe the passphrase in', { exit: 1 });
 
     const pair = generateSigningKeyPair(passphrase || undefined);
-    await mkdir(dirname(prefix), { recursive: true });
+    await mkdir(dir, { recursive: true });
     await writeFileAtomic(privatePath, pair.privateKeyPem, { mode: 0o600, exclusive: true });
     await writeFileAtomic(publicPath, pair.publicKeyPem, { mode: 0o644, exclusive: true });
 
