@@ -1,0 +1,146 @@
+import { createHash } from 'node:crypto';
+import { basename } from 'node:path';
+import { Readable } from 'node:stream';
+import { Authorizer } from '../oci/auth/authorizer.ts';
+import { loginProvider, type LoginOptions } from '../oci/auth/credentials.ts';
+import { copyGraph, type CopyEvent, type CopyResult } from '../oci/copy.ts';
+import { digestHex } from '../oci/digest.ts';
+import { resolveRoot, walkGraph, type GraphContents, type SelectedRoot } from '../oci/graph.ts';
+import type { EndpointOptions, Transport } from '../oci/http/transport.ts';
+import { IMAGE_NAME, REF_NAME, serializeIndexJson } from '../oci/layout/index-json.ts';
+import { DirectoryFiles } from '../oci/layout/directory-files.ts';
+import { LayoutReader } from '../oci/layout/reader.ts';
+import type { LayoutDirectory } from '../oci/layout/writer.ts';
+import { OCI_INDEX } from '../oci/media-types.ts';
+import { apiHost, formatReference, type Reference } from '../oci/reference.ts';
+import { RegistryClient } from '../oci/registry/client.ts';
+import { RemoteRepository } from '../oci/registry/repository.ts';
+import type { Platform } from '../oci/types.ts';
+import type { BundleImage } from './manifest.ts';
+import type { EntrySource } from './writer.ts';
+
+export interface ImageSpec {
+  /** Short name: the bundle's ref is `name:tag`, installs go to `PREFIX/name:tag`. */
+  name: string;
+  source: Reference;
+}
+
+export interface PlannedImage {
+  spec: ImageSpec;
+  tag: string;
+  repository: RemoteRepository;
+  selected: SelectedRoot;
+  graph: GraphContents;
+}
+
+/** One client per registry host, so every image of a registry shares its token cache. */
+export class SourceRegistries {
+  readonly #clients = new Map<string, RegistryClient>();
+  readonly #transport: Transport;
+  readonly #logins: (registry: string) => LoginOptions;
+  readonly #endpoints: (registry: string) => EndpointOptions | undefined;
+
+  constructor(transport: Transport, logins: (registry: string) => LoginOptions, endpoints: (registry: string) => EndpointOptions | undefined) {
+    this.#transport = transport;
+    this.#logins = logins;
+    this.#endpoints = endpoints;
+  }
+
+  async repository(ref: Reference): Promise<RemoteRepository> {
+    let client = this.#clients.get(ref.registry);
+    if (!client) {
+      const endpoint = this.#endpoints(ref.registry);
+      if (endpoint) await this.#transport.configure(apiHost(ref.registry), endpoint);
+      const login = loginProvider({ ...this.#logins(ref.registry), fetch: this.#transport.fetch });
+      client = new RegistryClient(ref.registry, this.#transport, new Authorizer(this.#transport, login));
+      this.#clients.set(ref.registry, client);
+    }
+    return new RemoteRepository(client, ref.repository);
+  }
+}
+
+/** Resolves every image (and its platform) and lists what it needs: manifests only, no blob yet. */
+export async function planImages(specs: ImageSpec[], registries: SourceRegistries, platform?: Platform): Promise<PlannedImage[]> {
+  return Promise.all(
+    specs.map(async (spec) => {
+      const repository = await registries.repository(spec.source);
+      const tag = spec.source.tag ?? 'latest';
+      const selected = await resolveRoot(repository, spec.source.digest ?? tag, platform);
+      return { spec, tag, repository, selected, graph: await walkGraph(repository, selected.root) };
+    }),
+  );
+}
+
+export const refName = (p: PlannedImage) => `${p.spec.name}:${p.tag}`;
+
+/** Pulls each planned image into the cache layout by digest (a moved tag cannot change what was planned). */
+export async function fetchImages(planned: PlannedImage[], cache: LayoutDirectory, opts: { concurrency?: number; onEvent?: (name: string, e: CopyEvent) => void } = {}): Promise<CopyResult[]> {
+  const results: CopyResult[] = [];
+  for (const p of planned) {
+    results.push(
+      await copyGraph(p.repository, cache, p.selected.root.digest, refName(p), {
+        ...(opts.concurrency ? { concurrency: opts.concurrency } : {}),
+        annotations: { [IMAGE_NAME]: formatReference(p.spec.source) },
+        onEvent: (e) => opts.onEvent?.(p.spec.name, e),
+      }),
+    );
+  }
+  return results;
+}
+
+const bytesEntry = (path: string, bytes: Buffer): EntrySource & { bytes: Buffer } => ({
+  path,
+  size: bytes.length,
+  sha256: '',
+  bytes,
+  open: async () => Readable.from([bytes]),
+});
+
+/**
+ * The `images/` part of a bundle: one OCI layout holding exactly the planned images, built
+ * from the cache (every blob once, sorted by digest), and the image records of bundle.json.
+ */
+export async function imageEntries(planned: PlannedImage[], cacheDir: string): Promise<{ images: BundleImage[]; entries: EntrySource[] }> {
+  const cache = new LayoutReader(new DirectoryFiles(cacheDir));
+  const blobs = new Map<string, { size: number }>();
+  const index = { schemaVersion: 2 as const, mediaType: OCI_INDEX, manifests: [] as BundleIndexEntry[] };
+  const images: BundleImage[] = [];
+  for (const p of planned) {
+    for (const d of [...p.graph.manifests, ...p.graph.blobs]) blobs.set(d.digest, { size: d.size });
+    const root = p.selected.root;
+    index.manifests.push({ mediaType: root.mediaType, digest: root.digest, size: root.size, annotations: { [IMAGE_NAME]: formatReference(p.spec.source), [REF_NAME]: refName(p) } });
+    images.push({
+      name: p.spec.name,
+      source: formatReference(p.spec.source),
+      tag: p.tag,
+      digest: root.digest,
+      mediaType: root.mediaType,
+      ref: refName(p),
+      platforms: platformsOf(p),
+      size: p.graph.size,
+    });
+  }
+  const small = [bytesEntry('images/oci-layout', Buffer.from('{"imageLayoutVersion":"1.0.0"}\n')), bytesEntry('images/index.json', Buffer.from(serializeIndexJson(index)))];
+  for (const e of small) e.sha256 = createHash('sha256').update(e.bytes).digest('hex');
+  const blobEntries: EntrySource[] = [...blobs.entries()]
+    .sort(([a], [b]) => (a < b ? -1 : 1))
+    .map(([digest, { size }]) => ({
+      path: `images/blobs/sha256/${digestHex(digest)}`,
+      size,
+      sha256: digestHex(digest),
+      open: () => cache.files.open(`blobs/sha256/${digestHex(digest)}`, 0),
+    }));
+  return { images: images.sort((a, b) => (a.ref < b.ref ? -1 : 1)), entries: [...small, ...blobEntries] };
+}
+
+type BundleIndexEntry = { mediaType: string; digest: string; size: number; annotations: Record<string, string> };
+
+function platformsOf(p: PlannedImage): BundleImage['platforms'] {
+  const root = p.selected.root;
+  if (root.platform) return [{ ...root.platform, digest: root.digest }];
+  const doc = JSON.parse(p.selected.bytes.toString('utf8')) as { manifests?: { digest: string; platform?: Platform }[] };
+  return (doc.manifests ?? []).flatMap((m) => (m.platform ? [{ os: m.platform.os, architecture: m.platform.architecture, ...(m.platform.variant ? { variant: m.platform.variant } : {}), digest: m.digest }] : []));
+}
+
+/** `docker.io/library/nats:2.10` → `nats`. */
+export const shortName = (ref: Reference): string => basename(ref.repository);

@@ -1,0 +1,228 @@
+import { readFileSync } from 'node:fs';
+import { mkdir, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import type { KeyObject } from 'node:crypto';
+import type { ListrTask } from 'listr2';
+import { OciError } from '../oci/errors.ts';
+import type { Transport } from '../oci/http/transport.ts';
+import { LayoutDirectory } from '../oci/layout/writer.ts';
+import { parseReference } from '../oci/reference.ts';
+import type { Platform } from '../oci/types.ts';
+import { syncPrefix } from '../objects/cache.ts';
+import type { CachedObject, ObjectInfo, ObjectSource } from '../objects/types.ts';
+import { fetchImages, imageEntries, planImages, shortName, type ImageSpec, type PlannedImage, SourceRegistries } from './images.ts';
+import type { BundleArtifact, BundleManifest } from './manifest.ts';
+import { checkSpace } from './plan.ts';
+import { selectImages, type LoadedRecipe } from './recipe.ts';
+import { resolveRelease, type ResolvedRelease } from './release.ts';
+import { fileEntry, writeBundle, type EntrySource, type WriteBundleResult } from './writer.ts';
+
+export interface BundleOptions {
+  recipe: LoadedRecipe;
+  gcs: ObjectSource;
+  transport: Transport;
+  registries: SourceRegistries;
+  release: string;
+  releaseTag?: string;
+  models?: string[];
+  platform?: Platform;
+  /** `HOST/PATH` the Cartesia images are pulled from (the recipe's, or a mirror). */
+  sourceRegistry: string;
+  customer?: { name?: string; bucket: string };
+  cacheDir: string;
+  output: string;
+  signingKey?: KeyObject;
+  concurrency: number;
+  toolVersion: string;
+}
+
+export interface BundleContext {
+  release?: ResolvedRelease;
+  planned?: PlannedImage[];
+  objects?: ObjectInfo[];
+  cached?: CachedObject[];
+  imageBytesFetched: number;
+  objectBytesFetched: number;
+  result?: WriteBundleResult;
+}
+
+const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
+
+/** Progress text at most every 250 ms: bytes, rate and ETA (listr2 re-renders on each set). */
+function meter(task: { output?: string }, total: number) {
+  const started = Date.now();
+  let last = 0;
+  return (done: number) => {
+    const now = Date.now();
+    if (now - last < 250 && done < total) return;
+    last = now;
+    const rate = done / Math.max((now - started) / 1000, 0.001);
+    const eta = rate > 0 ? Math.max(0, (total - done) / rate) : 0;
+    task.output = `${mib(done)} of ${mib(total)}, ${mib(rate)}/s, ${Math.round(eta)} s left`;
+  };
+}
+
+/** The phases of `bundle` (DESIGN.md §2: the command parses flags and runs these). */
+export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
+  const { recipe } = o.recipe;
+  const imagesDir = join(o.cacheDir, 'images');
+  return [
+    {
+      title: 'Resolve the release and check it against SHA256SUMS',
+      task: async (ctx, task) => {
+        ctx.release = await resolveRelease(o.gcs, recipe, o.release, o.cacheDir, o.releaseTag ? { releaseTag: o.releaseTag } : {});
+        task.title = `Release ${ctx.release.version} (tag ${ctx.release.tag}) checked against SHA256SUMS`;
+      },
+    },
+    {
+      title: 'Plan the images and artifacts',
+      task: async (ctx, task) => {
+        const tag = ctx.release!.tag;
+        const specs: ImageSpec[] = selectImages(recipe, o.models).map((i) => ({ name: i.name, source: parseReference(`${o.sourceRegistry}/${i.name}:${tag}`) }));
+        const nats = parseReference(ctx.release!.nats);
+        specs.push({ name: shortName(nats), source: nats });
+        ctx.planned = await planImages(specs, o.registries, o.platform);
+        ctx.objects = [];
+        if (o.customer) {
+          for (const prefix of recipe.customer.prefixes) for await (const info of o.gcs.list(o.customer.bucket, prefix)) ctx.objects.push(info);
+        }
+        const cache = await LayoutDirectory.open(imagesDir);
+        let missing = 0;
+        const seen = new Set<string>();
+        for (const p of ctx.planned) {
+          for (const d of [...p.graph.manifests, ...p.graph.blobs]) {
+            if (seen.has(d.digest)) continue;
+            seen.add(d.digest);
+            if (!(await cache.hasBlob(d))) missing += d.size;
+          }
+        }
+        const objectBytes = ctx.objects.reduce((n, x) => n + x.size, 0);
+        const imageBytes = ctx.planned.reduce((n, p) => n + p.graph.size, 0);
+        const bundleBytes = imageBytes + objectBytes + ctx.release!.archive.size;
+        // Objects already cached are not known until fetched; count them all (the cache dedupes).
+        await checkSpace([
+          { dir: o.cacheDir, bytes: missing + objectBytes, what: 'cache' },
+          { dir: dirname(o.output), bytes: bundleBytes, what: 'bundle' },
+        ]);
+        task.title = `${ctx.planned.length} images (${mib(imageBytes)}, ${mib(missing)} to fetch), ${ctx.objects.length} artifacts (${mib(objectBytes)})`;
+      },
+    },
+    {
+      title: 'Fetch the images',
+      task: async (ctx, task) => {
+        await mkdir(imagesDir, { recursive: true });
+        const cache = await LayoutDirectory.open(imagesDir);
+        const total = ctx.planned!.reduce((n, p) => n + p.graph.size, 0);
+        const show = meter(task, total);
+        let done = 0;
+        try {
+          const results = await fetchImages(ctx.planned!, cache, {
+            concurrency: o.concurrency,
+            onEvent: (_name, e) => {
+              if (e.type === 'blob-done') show((done += e.size));
+            },
+          });
+          ctx.imageBytesFetched = results.reduce((n, r) => n + r.bytesTransferred, 0);
+        } finally {
+          await cache.close();
+        }
+        task.title = `Images ready (${mib(ctx.imageBytesFetched)} transferred, ${mib(Math.max(0, total - ctx.imageBytesFetched))} from the cache or shared)`;
+      },
+    },
+    {
+      title: 'Fetch the customer artifacts',
+      skip: () => !o.customer && 'no --customer or --customer-bucket given',
+      task: async (ctx, task) => {
+        const total = ctx.objects!.reduce((n, x) => n + x.size, 0);
+        const show = meter(task, total);
+        let done = 0;
+        ctx.cached = await syncPrefix(o.gcs, o.customer!.bucket, recipe.customer.prefixes, o.cacheDir, {
+          concurrency: o.concurrency,
+          onObject: (c) => {
+            if (c.fetched) ctx.objectBytesFetched += c.size;
+            show((done += c.size));
+          },
+        });
+        task.title = `${ctx.cached.length} artifacts fetched and verified (${mib(ctx.objectBytesFetched)} transferred)`;
+      },
+    },
+    {
+      title: 'Write the bundle',
+      task: async (ctx, task) => {
+        let show: ((done: number) => void) | undefined;
+        ctx.result = await writeOut(o, ctx, (done, total) => (show ??= meter(task, total))(done));
+        task.title = `Wrote ${o.output} (${mib(ctx.result.size)}, sha256 ${ctx.result.sha256})`;
+      },
+    },
+  ];
+}
+
+/** SOURCE_DATE_EPOCH wins (reproducible-builds.org); else the newest time inside the release. */
+export function bundleDate(release: ResolvedRelease): Date {
+  const epoch = process.env.SOURCE_DATE_EPOCH;
+  if (epoch && /^\d+$/.test(epoch)) return new Date(Number(epoch) * 1000);
+  return release.date;
+}
+
+async function writeOut(o: BundleOptions, ctx: BundleContext, progress: (done: number, total: number) => void): Promise<WriteBundleResult> {
+  const release = ctx.release!;
+  const releaseEntries: EntrySource[] = [
+    fileEntry(`release/${release.archiveName}`, release.archive.path, release.archive.size, release.archive.sha256),
+    fileEntry('release/SHA256SUMS', release.sums.path, release.sums.size, release.sums.sha256),
+    ...(release.versionFile ? [fileEntry('release/VERSION', release.versionFile.path, release.versionFile.size, release.versionFile.sha256)] : []),
+  ].sort((a, b) => (a.path < b.path ? -1 : 1));
+  const { images, entries: imageFiles } = await imageEntries(ctx.planned!, join(o.cacheDir, 'images'));
+  const cached = [...(ctx.cached ?? [])].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  const artifacts: BundleArtifact[] = cached.map((c) => ({
+    bucket: c.bucket,
+    key: c.key,
+    size: c.size,
+    sha256: c.sha256,
+    ...(c.md5 ? { md5: c.md5 } : {}),
+    ...(c.crc32c ? { crc32c: c.crc32c } : {}),
+    path: `artifacts/${c.bucket}/${c.key}`,
+  }));
+  const artifactEntries = cached.map((c, i) => fileEntry(artifacts[i]!.path, c.path, c.size, c.sha256));
+  const entries = [...releaseEntries, ...imageFiles, ...artifactEntries];
+  const mtime = bundleDate(release);
+  const manifest: Omit<BundleManifest, 'entries' | 'signer'> = {
+    formatVersion: 1,
+    tool: { name: 'cartesia-airgap', version: o.toolVersion },
+    created: mtime.toISOString(),
+    recipe: { name: o.recipe.recipe.name, sha256: o.recipe.sha256 },
+    release: { version: release.version, tag: release.tag, archive: { path: `release/${release.archiveName}`, sha256: release.archive.sha256, size: release.archive.size } },
+    customer: o.customer ? { ...(o.customer.name ? { name: o.customer.name } : {}), bucket: o.customer.bucket } : null,
+    images,
+    artifacts,
+  };
+  const total = entries.reduce((n, e) => n + e.size, 0);
+  const sizes = new Map(entries.map((e) => [e.path, e.size]));
+  let finished = 0;
+  let lastPath = '';
+  return writeBundle({
+    output: o.output,
+    manifest,
+    entries,
+    ...(o.signingKey ? { signingKey: o.signingKey } : {}),
+    mtime,
+    onBytes: (path, bytes) => {
+      if (path !== lastPath) {
+        finished += sizes.get(lastPath) ?? 0;
+        lastPath = path;
+      }
+      progress(finished + bytes, total);
+    },
+  });
+}
+
+/** The tool's own version, for bundle.json. */
+export function toolVersion(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+export async function refuseExisting(output: string): Promise<void> {
+  if (await stat(output).then(() => true, () => false)) {
+    throw new OciError('BUSY', `${output} already exists; choose another --output or move the old bundle away`);
+  }
+}

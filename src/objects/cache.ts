@@ -1,0 +1,233 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import pLimit from 'p-limit';
+import { writeFileAtomic } from '../util/atomic.ts';
+import { hashFile, MultiHasher, type ObjectHashes } from './hashes.ts';
+import type { CachedObject, ObjectInfo, ObjectSource } from './types.ts';
+
+export type ObjectErrorCode =
+  | 'NOT_FOUND' // bucket or object missing
+  | 'DENIED' // credentials refused
+  | 'BAD_KEY' // the key file is not a usable service-account key
+  | 'GONE' // the pinned generation is no longer served
+  | 'MISMATCH' // bytes differ from what the store reports
+  | 'CHANGED' // the object kept changing while we read it
+  | 'NETWORK'
+  | 'STORE';
+
+/** Object-store errors: one line naming what is wrong and what to do; never credentials. */
+export class ObjectError extends Error {
+  readonly code: ObjectErrorCode;
+  readonly retryable: boolean;
+  constructor(code: ObjectErrorCode, message: string, opts: { retryable?: boolean; cause?: unknown } = {}) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = 'ObjectError';
+    this.code = code;
+    this.retryable = opts.retryable ?? false;
+  }
+}
+
+export const isObjectError = (err: unknown, code?: ObjectErrorCode): err is ObjectError =>
+  err instanceof ObjectError && (code === undefined || err.code === code);
+
+/** GCS's (and S3's) listing order: bytes of the UTF-8 key, not UTF-16 code units. */
+export const byKey = (a: { key: string }, b: { key: string }) => Buffer.compare(Buffer.from(a.key), Buffer.from(b.key));
+
+/** What the cache remembers about one bucket/key: enough to skip it when the store reports the same. */
+interface Ledger {
+  bucket: string;
+  key: string;
+  generation?: string;
+  size: number;
+  md5?: string;
+  crc32c?: string;
+  sha256: string;
+}
+
+export interface FetchOptions {
+  /** Called with each chunk's length as it arrives from the store. */
+  onBytes?(n: number): void;
+  /** Re-hash a cached blob before reusing it (default: its size is checked, not its bytes). */
+  rehash?: boolean;
+}
+
+const gsUrl = (o: { bucket: string; key: string }) => `gs://${o.bucket}/${o.key}`;
+const dirs = (cacheDir: string) => ({
+  blobs: join(cacheDir, 'objects', 'sha256'),
+  ledgers: join(cacheDir, 'objects', 'by-key'),
+  tmp: join(cacheDir, 'objects', 'tmp'),
+});
+const ledgerPath = (cacheDir: string, o: { bucket: string; key: string }) =>
+  join(dirs(cacheDir).ledgers, `${createHash('sha256').update(`${o.bucket}/${o.key}`).digest('hex')}.json`);
+
+/** The first way `h` differs from what the store says of `info`, or undefined. */
+function mismatch(info: ObjectInfo, h: ObjectHashes): string | undefined {
+  if (h.size !== info.size) return `size is ${h.size} bytes where the store says ${info.size}`;
+  if (info.md5 !== undefined && h.md5 !== info.md5) return `md5 is ${h.md5} where the store says ${info.md5}`;
+  if (info.crc32c !== undefined && h.crc32c !== info.crc32c) return `crc32c is ${h.crc32c} where the store says ${info.crc32c}`;
+  return undefined;
+}
+
+/** Same bucket, key, size, and every generation/hash the store gives; size alone proves nothing. */
+function sameVersion(a: ObjectInfo, b: Omit<ObjectInfo, 'bucket' | 'key'> & { bucket: string; key: string }): boolean {
+  if (a.bucket !== b.bucket || a.key !== b.key || a.size !== b.size) return false;
+  if (a.generation !== undefined && a.generation !== b.generation) return false;
+  if (a.md5 !== undefined && a.md5 !== b.md5) return false;
+  if (a.crc32c !== undefined && a.crc32c !== b.crc32c) return false;
+  return a.generation !== undefined || a.md5 !== undefined || a.crc32c !== undefined;
+}
+
+async function readLedger(file: string): Promise<Ledger | undefined> {
+  try {
+    const l = JSON.parse(await readFile(file, 'utf8')) as Ledger;
+    // The hex becomes a path: a damaged or hand-edited ledger must not point anywhere else.
+    return typeof l.sha256 === 'string' && /^[0-9a-f]{64}$/.test(l.sha256) && typeof l.size === 'number' ? l : undefined;
+  } catch {
+    return undefined; // missing or unreadable: download again
+  }
+}
+
+/** The cached copy when the ledger says this exact version is here and the blob still looks right. */
+async function reuse(info: ObjectInfo, cacheDir: string, rehash: boolean): Promise<CachedObject | undefined> {
+  const ledger = await readLedger(ledgerPath(cacheDir, info));
+  if (!ledger || !sameVersion(info, ledger)) return undefined;
+  const path = join(dirs(cacheDir).blobs, ledger.sha256);
+  const st = await stat(path).catch(() => undefined);
+  let damaged = !st?.isFile() || st.size !== info.size;
+  if (!damaged && rehash) {
+    const h = await hashFile(path);
+    damaged = h.sha256 !== ledger.sha256 || mismatch(info, h) !== undefined;
+  }
+  if (damaged) {
+    await rm(path, { force: true }); // another key's ledger may name it too: better refetched than wrong
+    return undefined;
+  }
+  return { ...info, sha256: ledger.sha256, path, fetched: false };
+}
+
+type Download = { kind: 'gone' } | { kind: 'bytes'; tmp: string; hashes: ObjectHashes } | { kind: 'overflow'; tmp: string };
+
+/** Streams one generation into a temp file while hashing; stops early if it outgrows `info.size`. */
+async function download(source: ObjectSource, info: ObjectInfo, tmpDir: string, onBytes?: (n: number) => void): Promise<Download> {
+  let body: Readable;
+  try {
+    body = await source.read(info);
+  } catch (err) {
+    if (isObjectError(err, 'GONE')) return { kind: 'gone' };
+    throw err;
+  }
+  const tmp = join(tmpDir, `${randomBytes(8).toString('hex')}.partial`);
+  const hasher = await MultiHasher.create();
+  let seen = 0;
+  const TOO_BIG = Symbol('too big');
+  try {
+    await pipeline(
+      body,
+      async function* (chunks: AsyncIterable<Buffer>) {
+        for await (const c of chunks) {
+          seen += c.length;
+          onBytes?.(c.length);
+          if (seen > info.size) throw TOO_BIG; // don't fill the disk with something we will reject
+          yield c;
+        }
+      },
+      hasher,
+      createWriteStream(tmp, { flags: 'wx', flush: true }),
+    );
+  } catch (err) {
+    if (err === TOO_BIG) return { kind: 'overflow', tmp };
+    await rm(tmp, { force: true });
+    if (isObjectError(err, 'GONE')) return { kind: 'gone' };
+    throw err;
+  }
+  return { kind: 'bytes', tmp, hashes: hasher.result() };
+}
+
+/** Moves verified bytes to their content address and records this version in the ledger. */
+async function commit(info: ObjectInfo, tmp: string, h: ObjectHashes, cacheDir: string): Promise<CachedObject> {
+  const path = join(dirs(cacheDir).blobs, h.sha256);
+  // Replacing an existing blob costs the same as dropping the temp, and heals a damaged copy.
+  await rename(tmp, path);
+  const ledger: Ledger = {
+    bucket: info.bucket,
+    key: info.key,
+    ...(info.generation !== undefined ? { generation: info.generation } : {}),
+    size: info.size,
+    ...(info.md5 !== undefined ? { md5: info.md5 } : {}),
+    ...(info.crc32c !== undefined ? { crc32c: info.crc32c } : {}),
+    sha256: h.sha256,
+  };
+  await writeFileAtomic(ledgerPath(cacheDir, info), `${JSON.stringify(ledger)}\n`);
+  return { ...info, sha256: h.sha256, path, fetched: true };
+}
+
+/**
+ * One object into the content-addressed cache under `cacheDir`, verified against the store's size,
+ * md5 and crc32c. A version already cached is not downloaded again. If the object is overwritten
+ * while being read, the new version is read once; if it changes again, this fails.
+ */
+export async function fetchObject(source: ObjectSource, info: ObjectInfo, cacheDir: string, opts: FetchOptions = {}): Promise<CachedObject> {
+  const cached = await reuse(info, cacheDir, opts.rehash ?? false);
+  if (cached) return cached;
+  const d = dirs(cacheDir);
+  await Promise.all([d.blobs, d.ledgers, d.tmp].map((p) => mkdir(p, { recursive: true })));
+  const url = gsUrl(info);
+  let current = info;
+  for (let attempt = 0; ; attempt++) {
+    const got = await download(source, current, d.tmp, opts.onBytes);
+    try {
+      const wrong = got.kind === 'bytes' ? mismatch(current, got.hashes) : got.kind === 'overflow' ? `size exceeds the ${current.size} bytes the store reports` : undefined;
+      if (got.kind === 'bytes' && !wrong) return await commit(current, got.tmp, got.hashes, cacheDir);
+      // Either the generation went away or the bytes disagree: ask the store what is there now.
+      const fresh = await source.stat(current.bucket, current.key);
+      if (!fresh) throw new ObjectError('CHANGED', `${url} was deleted while being read; run again when uploads to the bucket have finished`);
+      if (got.kind !== 'gone' && sameVersion(fresh, current)) {
+        throw new ObjectError('MISMATCH', `${url} arrived damaged: its ${wrong}; run again, and if it persists the stored object is corrupt`);
+      }
+      // A store that ignores generation pins (the emulator) may already have given us the new version.
+      if (got.kind === 'bytes' && !mismatch(fresh, got.hashes)) return await commit(fresh, got.tmp, got.hashes, cacheDir);
+      if (attempt >= 1) throw new ObjectError('CHANGED', `${url} changed while being read; run again when uploads to the bucket have finished`);
+      current = fresh;
+      const now = await reuse(current, cacheDir, opts.rehash ?? false);
+      if (now) return now;
+    } finally {
+      if (got.kind !== 'gone') await rm(got.tmp, { force: true }); // no-op after a commit's rename
+    }
+  }
+}
+
+export interface SyncOptions extends FetchOptions {
+  /** Objects fetched at once (default 8). */
+  concurrency?: number;
+  /** Called as each object is cached or found cached. */
+  onObject?(o: CachedObject): void;
+}
+
+/** Every object under `prefixes` (overlaps counted once) into the cache; sorted by key. */
+export async function syncPrefix(source: ObjectSource, bucket: string, prefixes: string[], cacheDir: string, opts: SyncOptions = {}): Promise<CachedObject[]> {
+  const found = new Map<string, ObjectInfo>();
+  for (const prefix of prefixes) for await (const o of source.list(bucket, prefix)) found.set(o.key, o);
+  const limit = pLimit(Math.max(1, opts.concurrency ?? 8));
+  let firstError: unknown;
+  const settled = await Promise.allSettled(
+    [...found.values()].map((info) =>
+      limit(async () => {
+        if (firstError !== undefined) return undefined; // one failure stops new downloads
+        try {
+          const o = await fetchObject(source, info, cacheDir, opts);
+          opts.onObject?.(o);
+          return o;
+        } catch (err) {
+          firstError ??= err;
+          throw err;
+        }
+      }),
+    ),
+  );
+  if (firstError !== undefined) throw firstError;
+  return settled.flatMap((r) => (r.status === 'fulfilled' && r.value ? [r.value] : [])).sort(byKey);
+}

@@ -1,0 +1,252 @@
+import { EventEmitter } from 'node:events';
+import { createPrivateKey } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import type { IncomingHttpHeaders } from 'node:http';
+import { PassThrough, type Readable } from 'node:stream';
+import { createGunzip } from 'node:zlib';
+import { Storage, type File, type StorageOptions } from '@google-cloud/storage';
+import { JWT } from 'google-auth-library';
+import { byKey, ObjectError } from './cache.ts';
+import type { ObjectInfo, ObjectSource } from './types.ts';
+
+export interface GcsSourceOptions {
+  /** An emulator or mirror, e.g. http://127.0.0.1:PORT (Storage's `apiEndpoint`). */
+  endpoint?: string;
+  /** Service-account JSON key; without one: no auth with an endpoint, else application-default credentials. */
+  keyFile?: string;
+  /**
+   * Send the key's token to `endpoint` too (a mirror that checks Google logins). Off by default,
+   * as in Storage itself: emulators and plain mirrors need none, and a token exchange needs Google.
+   */
+  authWithEndpoint?: boolean;
+  projectId?: string;
+  /** Objects per listing request (GCS's maximum and default: 1000); small values exercise paging. */
+  pageSize?: number;
+}
+
+// A source only reads; the key gets no more than that even if the account could do more.
+const READ_SCOPE = 'https://www.googleapis.com/auth/devstorage.read_only';
+
+interface ServiceAccountKey {
+  client_email: string;
+  private_key: string;
+  private_key_id?: string;
+  project_id?: string;
+}
+
+/**
+ * Reads and checks a service-account key before Storage sees it, so a wrong file fails here with a
+ * message naming the file — never its content (JSON.parse errors quote the text, so not those).
+ */
+export async function loadServiceAccountKey(path: string): Promise<ServiceAccountKey> {
+  const bad = (why: string) => new ObjectError('BAD_KEY', `${path} is not a service-account JSON key (${why}); download one with: gcloud iam service-accounts keys create`);
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    throw new ObjectError('BAD_KEY', `cannot read the service-account key ${path}: ${(err as NodeJS.ErrnoException).code ?? 'unreadable'}`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    throw bad('not JSON');
+  }
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) throw bad('not a JSON object');
+  const k = json as Record<string, unknown>;
+  if (k.type !== 'service_account') throw bad(typeof k.type === 'string' ? `its type is "${k.type.slice(0, 40)}", not "service_account"` : 'no "type": "service_account"');
+  if (typeof k.client_email !== 'string' || !k.client_email.includes('@')) throw bad('no client_email');
+  if (typeof k.private_key !== 'string' || k.private_key === '') throw bad('no private_key');
+  try {
+    createPrivateKey(k.private_key);
+  } catch {
+    throw bad('its private_key is not a PEM private key');
+  }
+  return {
+    client_email: k.client_email,
+    private_key: k.private_key,
+    ...(typeof k.private_key_id === 'string' ? { private_key_id: k.private_key_id } : {}),
+    ...(typeof k.project_id === 'string' ? { project_id: k.project_id } : {}),
+  };
+}
+
+/** Anything that can carry a bearer token or a JWT, cut out of server text before we echo it. */
+const redact = (s: string) =>
+  s
+    .replace(/ya29\.[\w.-]+/g, '[token]')
+    .replace(/eyJ[\w-]+\.[\w-]+\.[\w-]*/g, '[jwt]')
+    .replace(/-----BEGIN[\s\S]*?-----END[^-]*-----/g, '[key]');
+
+/** The server's reason, one line, short, with secrets cut out. */
+function reason(err: unknown): string {
+  const msg = err instanceof Error ? err.message : String(err);
+  const line = redact(msg).replace(/\s+/g, ' ').trim();
+  return line.length > 200 ? `${line.slice(0, 200)}…` : line || 'no reason given';
+}
+
+const statusOf = (err: unknown): number | undefined => {
+  const code = (err as { code?: unknown; response?: { status?: unknown } }).code;
+  if (typeof code === 'number') return code;
+  const s = (err as { response?: { status?: unknown } }).response?.status;
+  return typeof s === 'number' ? s : undefined;
+};
+
+/**
+ * Storage's errors as one-line ObjectErrors. The library's error objects carry the request config
+ * (Authorization header included), so they are never attached as `cause`.
+ */
+export function gcsError(err: unknown, where: string, bucket: string, hasKey: boolean): ObjectError {
+  if (err instanceof ObjectError) return err;
+  const status = statusOf(err);
+  // Google's token endpoint refusing the key (revoked, deleted, clock skew) says so in OAuth terms.
+  const tokenRefused = /\b(invalid_grant|invalid_client|unauthorized_client)\b/.test(err instanceof Error ? err.message : '');
+  if (status === 401 || status === 403 || (hasKey && tokenRefused)) {
+    return hasKey
+      ? new ObjectError('DENIED', `the service-account key was refused for gs://${bucket}: ${reason(err)}`)
+      : new ObjectError('DENIED', `gs://${bucket} refused access without a key: ${reason(err)}; pass a service-account key that can read it`);
+  }
+  const netCode = (err as { code?: unknown }).code;
+  if (typeof netCode === 'string' && /^(ECONNREFUSED|ECONNRESET|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|EPIPE|UND_ERR)/.test(netCode)) {
+    // The host it failed on: with a key, that may be Google's token endpoint rather than GCS.
+    const host = /request to (https?:\/\/[^/\s?]+)/.exec(err instanceof Error ? err.message : '')?.[1] ?? 'GCS';
+    return new ObjectError('NETWORK', `cannot reach ${host} for ${where}: ${netCode}; check the network or --endpoint`, { retryable: true });
+  }
+  if (status !== undefined && status >= 500) return new ObjectError('STORE', `GCS failed on ${where} (HTTP ${status}): ${reason(err)}; try again`, { retryable: true });
+  return new ObjectError('STORE', `GCS failed on ${where}${status ? ` (HTTP ${status})` : ''}: ${reason(err)}`);
+}
+
+type Interceptor = Storage['interceptors'][number];
+type GcsMetadata = { name?: string; size?: string | number; generation?: string | number; md5Hash?: string; crc32c?: string };
+
+function toInfo(bucket: string, m: GcsMetadata): ObjectInfo {
+  return {
+    bucket,
+    key: m.name ?? '',
+    size: Number(m.size ?? 0),
+    ...(m.generation !== undefined && m.generation !== null ? { generation: String(m.generation) } : {}),
+    ...(m.md5Hash ? { md5: m.md5Hash } : {}),
+    ...(m.crc32c ? { crc32c: m.crc32c } : {}),
+  };
+}
+
+// Storage 8.4.0 adds a listener per request to shared PassThroughs and trips Node's leak warning
+// on ordinary parallel downloads; the warning is noise on the user's terminal, not a leak of ours.
+EventEmitter.defaultMaxListeners = Math.max(EventEmitter.defaultMaxListeners, 64);
+
+export class GcsSource implements ObjectSource {
+  readonly description: string;
+  private readonly opts: GcsSourceOptions;
+  private storage: Promise<Storage> | undefined;
+
+  constructor(opts: GcsSourceOptions = {}) {
+    this.opts = opts;
+    this.description = opts.endpoint ? `GCS at ${opts.endpoint}` : 'GCS';
+  }
+
+  /** Built on first use: the key file is read and checked then. */
+  private client(): Promise<Storage> {
+    this.storage ??= (async () => {
+      const { endpoint, keyFile, projectId } = this.opts;
+      const o: StorageOptions = { ...(endpoint ? { apiEndpoint: endpoint.replace(/\/+$/, '') } : {}) };
+      if (keyFile) {
+        // Checked even when it will not be sent, so a wrong file fails the same way everywhere.
+        const key = await loadServiceAccountKey(keyFile);
+        o.authClient = new JWT({ email: key.client_email, key: key.private_key, keyId: key.private_key_id, scopes: [READ_SCOPE] });
+        if (endpoint && this.opts.authWithEndpoint) o.useAuthWithCustomEndpoint = true;
+        o.projectId = projectId ?? key.project_id;
+      } else if (projectId) {
+        o.projectId = projectId;
+      }
+      const storage = new Storage(o);
+      // Storage 8.4.0 destroys its shared keep-alive agent whenever one download stream errors or is
+      // cut short, killing every other download in flight (ECONNRESET). Without `forever` each
+      // request uses Node's own agent, which the library then leaves alone.
+      storage.interceptors.push({ request: (reqOpts) => Object.assign(reqOpts, { forever: false }) as ReturnType<Interceptor['request']> });
+      return storage;
+    })();
+    // A failed build (bad key) fails every call the same way; don't retry it silently.
+    return this.storage;
+  }
+
+  private fail(err: unknown, where: string, bucket: string): ObjectError {
+    return gcsError(err, where, bucket, this.opts.keyFile !== undefined);
+  }
+
+  async *list(bucket: string, prefix: string): AsyncIterable<ObjectInfo> {
+    const storage = await this.client();
+    const out: ObjectInfo[] = [];
+    let pageToken: string | undefined;
+    do {
+      let files: File[];
+      let next: { pageToken?: string } | null | undefined;
+      try {
+        [files, next] = await storage.bucket(bucket).getFiles({ prefix, autoPaginate: false, maxResults: this.opts.pageSize ?? 1000, ...(pageToken ? { pageToken } : {}) });
+      } catch (err) {
+        // Listing a bucket that is missing is GCS's only 404 on this call.
+        if (statusOf(err) === 404) throw new ObjectError('NOT_FOUND', `bucket gs://${bucket} does not exist or the key cannot see it`);
+        throw this.fail(err, `listing gs://${bucket}/${prefix}`, bucket);
+      }
+      for (const f of files) {
+        const info = toInfo(bucket, { ...(f.metadata as GcsMetadata), name: f.name });
+        // Console-made "folders": zero-byte objects named like a directory, not content.
+        if (info.key.endsWith('/') && info.size === 0) continue;
+        out.push(info);
+      }
+      pageToken = next?.pageToken;
+    } while (pageToken);
+    out.sort(byKey);
+    yield* out;
+  }
+
+  async stat(bucket: string, key: string): Promise<ObjectInfo | undefined> {
+    const storage = await this.client();
+    try {
+      const [m] = await storage.bucket(bucket).file(key).getMetadata();
+      return toInfo(bucket, { ...(m as GcsMetadata), name: key });
+    } catch (err) {
+      if (statusOf(err) === 404) return undefined;
+      throw this.fail(err, `reading gs://${bucket}/${key}'s metadata`, bucket);
+    }
+  }
+
+  /**
+   * The bytes of exactly `info.generation`, as stored. Fails with GONE when that generation is no
+   * longer served: GCS answers 404; the firebase emulator ignores `generation` and serves the
+   * current one, which its x-goog-generation header gives away.
+   */
+  async read(info: ObjectInfo): Promise<Readable> {
+    const storage = await this.client();
+    const url = `gs://${info.bucket}/${info.key}`;
+    const file = storage.bucket(info.bucket).file(info.key, info.generation ? { generation: info.generation } : {});
+    // No library validation or gunzip: the caller verifies, and transcoding must not change bytes.
+    const lib = file.createReadStream({ validation: false, decompress: false });
+    const gone = () => new ObjectError('GONE', `${url} generation ${info.generation} is no longer available; it was overwritten or deleted`);
+    const headers = await new Promise<IncomingHttpHeaders>((resolve, reject) => {
+      lib.on('response', (res: { statusCode?: number; headers?: IncomingHttpHeaders }) => {
+        if ((res.statusCode ?? 0) < 300) resolve(res.headers ?? {});
+        // else: the library reads the error body and then emits 'error'
+      });
+      lib.once('error', (err) => reject(statusOf(err) === 404 && info.generation ? gone() : this.fail(err, `reading ${url}`, info.bucket)));
+      lib.read(0); // starts the request without consuming anything
+    });
+    const served = headers['x-goog-generation'];
+    if (info.generation && typeof served === 'string' && served !== info.generation) {
+      lib.destroy();
+      throw gone();
+    }
+    const out = new PassThrough({ highWaterMark: 1 << 20 });
+    lib.on('error', (err) => out.destroy(this.fail(err, `reading ${url}`, info.bucket)));
+    // A consumer that gives up (say, on a hash mismatch) must not leave the request hanging.
+    out.on('close', () => lib.destroy());
+    // Compressed in transit only (stored identity, served gzip): undo that, the stored bytes are wanted.
+    const storedEnc = headers['x-goog-stored-content-encoding'];
+    if (headers['content-encoding'] === 'gzip' && typeof storedEnc === 'string' && storedEnc !== 'gzip') {
+      const gunzip = createGunzip();
+      gunzip.on('error', (err) => out.destroy(new ObjectError('STORE', `${url} arrived gzip-compressed and could not be decompressed: ${err.message}`)));
+      lib.pipe(gunzip).pipe(out);
+    } else {
+      lib.pipe(out);
+    }
+    return out;
+  }
+}

@@ -1,0 +1,74 @@
+import { createHash, type Hash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { Transform, type TransformCallback } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createCRC32, type IHasher } from 'hash-wasm';
+
+/** What one pass over an object's bytes yields, in the encodings GCS and the bundle use. */
+export interface ObjectHashes {
+  size: number;
+  /** Lowercase hex. */
+  sha256: string;
+  /** base64 of the raw digest, as GCS's md5Hash. */
+  md5: string;
+  /** base64 of the big-endian 4-byte value, as GCS's crc32c. */
+  crc32c: string;
+}
+
+const CHUNK = 1 << 20;
+// The reversed Castagnoli polynomial: CRC32C, not the zlib CRC32 that is hash-wasm's default.
+const CASTAGNOLI = 0x82f63b78;
+
+/** A pass-through Transform that hashes (sha256, md5, crc32c) and counts what flows through it. */
+export class MultiHasher extends Transform {
+  private readonly sha256 = createHash('sha256');
+  private readonly md5: Hash = createHash('md5');
+  private readonly crc: IHasher;
+  private done: ObjectHashes | undefined;
+  size = 0;
+
+  private constructor(crc: IHasher) {
+    super({ highWaterMark: CHUNK });
+    this.crc = crc;
+  }
+
+  /** Async because hash-wasm instantiates its WebAssembly module on first use. */
+  static async create(): Promise<MultiHasher> {
+    return new MultiHasher(await createCRC32(CASTAGNOLI));
+  }
+
+  /** Hashes bytes without a stream (tests, small buffers). */
+  update(chunk: Uint8Array): this {
+    if (this.done) throw new Error('MultiHasher: update() after result()');
+    this.sha256.update(chunk);
+    this.md5.update(chunk);
+    this.crc.update(chunk);
+    this.size += chunk.length;
+    return this;
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.update(chunk);
+    cb(null, chunk);
+  }
+
+  /** The digests of everything seen; callable more than once, but ends hashing. */
+  result(): ObjectHashes {
+    this.done ??= {
+      size: this.size,
+      sha256: this.sha256.digest('hex'),
+      md5: this.md5.digest('base64'),
+      crc32c: Buffer.from(this.crc.digest('binary')).toString('base64'),
+    };
+    return this.done;
+  }
+}
+
+/** Hashes a file already on disk (the cache's re-verification). */
+export async function hashFile(path: string): Promise<ObjectHashes> {
+  const hasher = await MultiHasher.create();
+  await pipeline(createReadStream(path, { highWaterMark: CHUNK }), hasher, async (source: AsyncIterable<unknown>) => {
+    for await (const _ of source); // drain: the hasher is the point
+  });
+  return hasher.result();
+}

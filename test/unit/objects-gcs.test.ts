@@ -1,0 +1,117 @@
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createServer, type IncomingMessage, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { isObjectError } from '../../src/objects/cache.ts';
+import { gcsError, GcsSource, loadServiceAccountKey } from '../../src/objects/gcs.ts';
+import { rejection } from './helpers.ts';
+
+let dir: string;
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'objects-gcs-'));
+});
+afterAll(() => rm(dir, { recursive: true, force: true }));
+
+const pem = () => generateKeyPairSync('rsa', { modulusLength: 1024 }).privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
+async function keyFile(content: unknown): Promise<string> {
+  const file = join(dir, `key-${randomBytes(4).toString('hex')}.json`);
+  await writeFile(file, typeof content === 'string' ? content : JSON.stringify(content));
+  return file;
+}
+
+describe('loadServiceAccountKey', () => {
+  it('accepts a service-account key', async () => {
+    const key = { type: 'service_account', project_id: 'p', private_key_id: 'abc', private_key: pem(), client_email: 'sa@p.iam.gserviceaccount.com' };
+    expect(await loadServiceAccountKey(await keyFile(key))).toEqual({ client_email: key.client_email, private_key: key.private_key, private_key_id: 'abc', project_id: 'p' });
+  });
+
+  it('says what is wrong without quoting the file', async () => {
+    const secret = `s3cr3t-${randomBytes(6).toString('hex')}`;
+    const cases: [unknown, string][] = [
+      [`{"private_key": "${secret}"`, 'not JSON'],
+      [[secret], 'not a JSON object'],
+      [{ client_email: 'a@b', private_key: secret }, 'no "type": "service_account"'],
+      [{ type: 'external_account', audience: secret }, 'its type is "external_account", not "service_account"'],
+      [{ type: 'service_account', private_key: pem() }, 'no client_email'],
+      [{ type: 'service_account', client_email: 'a@b' }, 'no private_key'],
+      [{ type: 'service_account', client_email: 'a@b', private_key: `-----BEGIN PRIVATE KEY-----\n${secret}\n-----END PRIVATE KEY-----` }, 'its private_key is not a PEM private key'],
+    ];
+    for (const [content, why] of cases) {
+      const file = await keyFile(content);
+      const err = await rejection(loadServiceAccountKey(file));
+      expect(isObjectError(err, 'BAD_KEY')).toBe(true);
+      expect(err.message).toBe(`${file} is not a service-account JSON key (${why}); download one with: gcloud iam service-accounts keys create`);
+      expect(err.message).not.toContain(secret);
+    }
+    const missing = join(dir, 'nope.json');
+    expect((await rejection(loadServiceAccountKey(missing))).message).toBe(`cannot read the service-account key ${missing}: ENOENT`);
+  });
+});
+
+describe('gcsError', () => {
+  const apiError = (code: number, message: string) => Object.assign(new Error(message), { code });
+  it('maps refusals to one line, with or without a key, and cuts tokens out', () => {
+    const jwt = `eyJhbGciOiJSUzI1NiJ9.${randomBytes(30).toString('base64url')}.${randomBytes(30).toString('base64url')}`;
+    const withKey = gcsError(apiError(403, `sa@p.iam.gserviceaccount.com does not have storage.objects.list access.\nBearer ya29.${randomBytes(20).toString('hex')} ${jwt}`), 'listing', 'bkt', true);
+    expect(withKey.code).toBe('DENIED');
+    expect(withKey.message).toBe('the service-account key was refused for gs://bkt: sa@p.iam.gserviceaccount.com does not have storage.objects.list access. Bearer [token] [jwt]');
+    expect(gcsError(apiError(401, 'Invalid Credentials'), 'listing', 'bkt', false).message).toBe('gs://bkt refused access without a key: Invalid Credentials; pass a service-account key that can read it');
+    expect(withKey.cause).toBeUndefined(); // library errors carry the request's headers
+    const revoked = Object.assign(new Error('invalid_grant: Invalid JWT Signature.'), { code: '400', response: { status: 400 } });
+    expect(gcsError(revoked, 'listing', 'bkt', true).message).toBe('the service-account key was refused for gs://bkt: invalid_grant: Invalid JWT Signature.');
+  });
+  it('tells network failures and server errors apart', () => {
+    const net = gcsError(Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:9'), { code: 'ECONNREFUSED' }), 'listing gs://b/p', 'b', false);
+    expect([net.code, net.retryable, net.message]).toEqual(['NETWORK', true, 'cannot reach GCS for listing gs://b/p: ECONNREFUSED; check the network or --endpoint']);
+    const token = Object.assign(new Error('request to https://oauth2.googleapis.com/token failed, reason: getaddrinfo ENOTFOUND oauth2.googleapis.com'), { code: 'ENOTFOUND' });
+    expect(gcsError(token, 'listing gs://b/p', 'b', true).message).toBe('cannot reach https://oauth2.googleapis.com for listing gs://b/p: ENOTFOUND; check the network or --endpoint');
+    expect(gcsError(apiError(503, 'Backend Error'), 'reading gs://b/k', 'b', true)).toMatchObject({ code: 'STORE', retryable: true, message: 'GCS failed on reading gs://b/k (HTTP 503): Backend Error; try again' });
+  });
+});
+
+describe('GcsSource.read against a stand-in server', () => {
+  const plain = randomBytes(50_000);
+  const seen: IncomingMessage[] = [];
+  let server: Server;
+  let source: GcsSource;
+  beforeAll(async () => {
+    server = createServer((req, res) => {
+      seen.push(req);
+      const url = new URL(req.url ?? '/', 'http://x');
+      const key = decodeURIComponent(url.pathname.split('/o/')[1] ?? '');
+      const gen = url.searchParams.get('generation');
+      if (gen !== '7') return void res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: { code: 404, message: `No such object: b/${key}` } }));
+      // "in-transit": stored identity, compressed for the wire; "stored-gzip": the object itself is gzip.
+      const stored = key === 'stored-gzip' ? 'gzip' : 'identity';
+      res.writeHead(200, { 'content-encoding': 'gzip', 'x-goog-stored-content-encoding': stored, 'x-goog-generation': '7', 'content-type': 'application/octet-stream' });
+      res.end(gzipSync(plain));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    source = new GcsSource({ endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}/` });
+  });
+  afterAll(() => new Promise((r) => server.close(r)));
+
+  const readAll = async (key: string, generation = '7') => {
+    const chunks: Buffer[] = [];
+    for await (const c of await source.read({ bucket: 'b', key, size: 0, generation })) chunks.push(c as Buffer);
+    return Buffer.concat(chunks);
+  };
+
+  it('pins the generation, sends no credentials, and keeps stored bytes as stored', async () => {
+    expect((await readAll('in-transit')).equals(plain)).toBe(true); // compressed only on the wire: undone
+    expect((await readAll('stored-gzip')).equals(gzipSync(plain))).toBe(true); // the object is gzip: kept
+    const req = seen.at(-1)!;
+    expect(new URL(req.url!, 'http://x').searchParams.get('generation')).toBe('7');
+    expect(req.headers.authorization).toBeUndefined();
+  });
+
+  it('reports a generation that is gone as GONE', async () => {
+    const err = await rejection(readAll('k', '6'));
+    expect(isObjectError(err, 'GONE')).toBe(true);
+    expect(err.message).toBe('gs://b/k generation 6 is no longer available; it was overwritten or deleted');
+  });
+});
