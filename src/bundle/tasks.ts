@@ -85,6 +85,11 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
         ctx.objects = [];
         if (o.customer) {
           for (const prefix of recipe.customer.prefixes) for await (const info of o.gcs.list(o.customer.bucket, prefix)) ctx.objects.push(info);
+          // An empty customer bucket is almost always a mistyped name (and GCS emulators answer an
+          // unknown bucket with an empty list rather than a 404).
+          if (ctx.objects.length === 0) {
+            throw new OciError('NOT_FOUND', `gs://${o.customer.bucket} has no objects under ${recipe.customer.prefixes.join(' or ')}; check --customer / --customer-bucket`);
+          }
         }
         const cache = await LayoutDirectory.open(imagesDir);
         let missing = 0;
