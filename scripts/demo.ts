@@ -1,10 +1,9 @@
-// `npm run demo`: the main job end to end on local stand-ins. Today (foundation + OCI engine) that
-// is: start the loopback test bed, seed a synthetic Cartesia release, show what the connected side
-// will carry, carry every image across with `copy` (source registry → one OCI layout → the private
-// registry, digests checked by skopeo), and make a signing key. `bundle` and `install` join as
-// they land.
+// `npm run demo`: the main job end to end on local stand-ins. Today that is the connected side:
+// start the loopback test bed, seed a synthetic Cartesia release, make a signing key, `bundle`
+// the release, its images and the customer's artifacts into one signed tarball, and check it
+// with openssl, sha256sum and skopeo alone. `install` joins with the next issue.
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { seedRelease, TINY } from '../test/fixtures/release.ts';
@@ -47,24 +46,35 @@ try {
     console.log(`${img.repository.padEnd(56)} ${img.tag.padEnd(16)} ${digest.slice(0, 19)}… ${platforms} ${digest === img.digest ? 'OK' : 'MISMATCH'}`);
   }
 
-  say('cartesia-airgap copy: every image from the source registry into one OCI layout, then into the private registry');
-  const layout = join(bed.root, 'demo-layout');
-  const auths = await skopeoAuthFile(bed.root, bed.private.host, bed.private.username, bed.private.password);
-  for (const img of fx.images) {
-    const name = `${img.repository.split('/').at(-1)}:${img.tag}`;
-    const t0 = performance.now();
-    const pulled = JSON.parse(await run(process.execPath, [cli, 'copy', `docker://${bed.source.host}/${img.repository}:${img.tag}`, `oci:${layout}:${name}`, '--src-sa-key', bed.saKeyFile, '--src-ca-file', bed.caFile, '--json'])) as { digest: string; blobs: { uploaded: number; existed: number } };
-    const pushed = JSON.parse(await run(process.execPath, [cli, 'copy', `oci:${layout}:${name}`, `docker://${bed.private.host}/cartesia/${name}`, '--dest-creds', `${bed.private.username}:${bed.private.password}`, '--dest-ca-file', bed.caFile, '--json'])) as { digest: string; blobs: { uploaded: number } };
-    const raw = await run('skopeo', ['inspect', '--raw', '--cert-dir', bed.certDir, '--authfile', auths, `docker://${bed.private.host}/cartesia/${name}`]);
-    const seen = `sha256:${createHash('sha256').update(raw).digest('hex')}`;
-    const ok = pulled.digest === img.digest && pushed.digest === img.digest && seen === img.digest;
-    console.log(`${name.padEnd(44)} pulled ${pulled.blobs.uploaded} blobs (${pulled.blobs.existed} shared, already in the layout), pushed ${pushed.blobs.uploaded}; skopeo reads ${seen.slice(0, 19)}… ${ok ? 'OK' : 'MISMATCH'} (${Math.round(performance.now() - t0)} ms)`);
-    if (!ok) throw new Error(`${name}: digest changed on the way`);
-  }
+  say('cartesia-airgap keys generate: the key the bundle is signed with');
+  const keys = join(bed.root, 'keys');
+  console.log((await run(process.execPath, [cli, 'keys', 'generate', '--out', keys])).trimEnd());
 
-  say('cartesia-airgap keys generate: the signing key a bundle will be signed with');
-  console.log((await run(process.execPath, [cli, 'keys', 'generate', '--out', join(bed.root, 'keys')])).trimEnd());
-  console.log('\n(bundle, verify, inspect and install arrive with the next issues; the bed above is what they run against)');
+  say('cartesia-airgap bundle: release + images + customer artifacts → one signed tarball');
+  const out = join(bed.root, `cartesia-${fx.release.version}.tar`);
+  const summary = JSON.parse(
+    await run(process.execPath, [cli, 'bundle', '--output', out, '--customer', fx.customer, '--signing-key', join(keys, 'bundle.key'), '--key-file', bed.saKeyFile, '--gcs-endpoint', bed.gcs.endpoint, '--source-registry', `${bed.source.host}/${bed.source.prefix}`, '--source-ca-file', bed.caFile, '--cache-dir', join(bed.root, 'cache'), '--json']),
+  ) as { sha256: string; size: number; images: { name: string; tag: string; digest: string }[]; artifacts: { count: number; bytes: number } };
+  console.log(`${out}: ${summary.size} bytes, sha256 ${summary.sha256}`);
+  for (const i of summary.images) console.log(`  ${`${i.name}:${i.tag}`.padEnd(44)} ${i.digest}`);
+  console.log(`  ${summary.artifacts.count} artifacts, ${summary.artifacts.bytes} bytes`);
+
+  say('checked by hand with openssl, sha256sum and skopeo (no cartesia-airgap code involved)');
+  const x = join(bed.root, 'extracted');
+  await run('mkdir', ['-p', x]);
+  await run('tar', ['-xf', out, '-C', x]);
+  await writeFile(join(x, 'sig.der'), Buffer.from(await readFile(join(x, 'bundle.json.sig'), 'utf8'), 'base64'));
+  console.log(`openssl: ${(await run('openssl', ['dgst', '-sha256', '-verify', join(keys, 'bundle.pub'), '-signature', join(x, 'sig.der'), join(x, 'bundle.json')])).trim()}`);
+  const sums = await run('sha256sum', ['-c', 'SHA256SUMS'], { cwd: x });
+  console.log(`sha256sum -c SHA256SUMS: ${sums.trim().split('\n').length} entries OK`);
+  for (const img of fx.images) {
+    const ref = `${img.repository.split('/').at(-1)}:${img.tag}`;
+    const raw = await run('skopeo', ['inspect', '--raw', `oci:${join(x, 'images')}:${ref}`]);
+    const digest = `sha256:${createHash('sha256').update(raw).digest('hex')}`;
+    console.log(`skopeo oci:images:${ref.padEnd(42)} ${digest === img.digest ? 'same digest as the source registry' : 'MISMATCH'}`);
+    if (digest !== img.digest) throw new Error(`${ref}: digest changed`);
+  }
+  console.log('\n(verify, inspect and install arrive with the next issue; the bundle above is what they will read)');
   if (values.keep) {
     console.log('\n--keep: the bed stays up; Ctrl-C stops it');
   } else {
