@@ -7,12 +7,12 @@ import { pipeline } from 'node:stream/promises';
 import pLimit from 'p-limit';
 import { writeFileAtomic } from '../util/atomic.ts';
 import { hashFile, MultiHasher, type ObjectHashes } from './hashes.ts';
+import { CodedError } from '../util/errors.ts';
 import type { CachedObject, ObjectInfo, ObjectSource } from './types.ts';
 
 export type ObjectErrorCode =
   | 'NOT_FOUND' // bucket or object missing
   | 'DENIED' // credentials refused
-  | 'BAD_KEY' // the key file is not a usable service-account key
   | 'GONE' // the pinned generation is no longer served
   | 'MISMATCH' // bytes differ from what the store reports
   | 'CHANGED' // the object kept changing while we read it
@@ -20,16 +20,7 @@ export type ObjectErrorCode =
   | 'STORE';
 
 /** Object-store errors: one line naming what is wrong and what to do; never credentials. */
-export class ObjectError extends Error {
-  readonly code: ObjectErrorCode;
-  readonly retryable: boolean;
-  constructor(code: ObjectErrorCode, message: string, opts: { retryable?: boolean; cause?: unknown } = {}) {
-    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
-    this.name = 'ObjectError';
-    this.code = code;
-    this.retryable = opts.retryable ?? false;
-  }
-}
+export class ObjectError extends CodedError<ObjectErrorCode> {}
 
 export const isObjectError = (err: unknown, code?: ObjectErrorCode): err is ObjectError =>
   err instanceof ObjectError && (code === undefined || err.code === code);

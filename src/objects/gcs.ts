@@ -1,11 +1,10 @@
 import { EventEmitter } from 'node:events';
-import { createPrivateKey } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
 import type { IncomingHttpHeaders } from 'node:http';
 import { PassThrough, type Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { Storage, type File, type StorageOptions } from '@google-cloud/storage';
 import { JWT } from 'google-auth-library';
+import { loadServiceAccountKey } from '../util/service-account.ts';
 import { byKey, ObjectError } from './cache.ts';
 import type { ObjectInfo, ObjectSource } from './types.ts';
 
@@ -26,49 +25,6 @@ export interface GcsSourceOptions {
 
 // A source only reads; the key gets no more than that even if the account could do more.
 const READ_SCOPE = 'https://www.googleapis.com/auth/devstorage.read_only';
-
-interface ServiceAccountKey {
-  client_email: string;
-  private_key: string;
-  private_key_id?: string;
-  project_id?: string;
-}
-
-/**
- * Reads and checks a service-account key before Storage sees it, so a wrong file fails here with a
- * message naming the file — never its content (JSON.parse errors quote the text, so not those).
- */
-export async function loadServiceAccountKey(path: string): Promise<ServiceAccountKey> {
-  const bad = (why: string) => new ObjectError('BAD_KEY', `${path} is not a service-account JSON key (${why}); download one with: gcloud iam service-accounts keys create`);
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (err) {
-    throw new ObjectError('BAD_KEY', `cannot read the service-account key ${path}: ${(err as NodeJS.ErrnoException).code ?? 'unreadable'}`);
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    throw bad('not JSON');
-  }
-  if (typeof json !== 'object' || json === null || Array.isArray(json)) throw bad('not a JSON object');
-  const k = json as Record<string, unknown>;
-  if (k.type !== 'service_account') throw bad(typeof k.type === 'string' ? `its type is "${k.type.slice(0, 40)}", not "service_account"` : 'no "type": "service_account"');
-  if (typeof k.client_email !== 'string' || !k.client_email.includes('@')) throw bad('no client_email');
-  if (typeof k.private_key !== 'string' || k.private_key === '') throw bad('no private_key');
-  try {
-    createPrivateKey(k.private_key);
-  } catch {
-    throw bad('its private_key is not a PEM private key');
-  }
-  return {
-    client_email: k.client_email,
-    private_key: k.private_key,
-    ...(typeof k.private_key_id === 'string' ? { private_key_id: k.private_key_id } : {}),
-    ...(typeof k.project_id === 'string' ? { project_id: k.project_id } : {}),
-  };
-}
 
 /** Anything that can carry a bearer token or a JWT, cut out of server text before we echo it. */
 const redact = (s: string) =>
@@ -250,3 +206,5 @@ export class GcsSource implements ObjectSource {
     return out;
   }
 }
+
+export { loadServiceAccountKey };

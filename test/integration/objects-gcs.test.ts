@@ -8,6 +8,7 @@ import { Storage } from '@google-cloud/storage';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { byKey, fetchObject, isObjectError, syncPrefix } from '../../src/objects/cache.ts';
 import { GcsSource } from '../../src/objects/gcs.ts';
+import { isCodedError } from '../../src/util/errors.ts';
 import type { CachedObject, ObjectInfo } from '../../src/objects/types.ts';
 import { run } from '../testbed/run.ts';
 import { sha256 } from './helpers.ts';
@@ -178,7 +179,7 @@ describe('one-line errors', () => {
       await writeFile(keyFile, content, { mode: 0o600 });
       const src = new GcsSource({ endpoint: bed.gcs.endpoint, keyFile });
       const err = await collect(src.list(CUSTOMER, 'loras/')).then(() => undefined, (e: unknown) => e as Error);
-      expect(isObjectError(err, 'BAD_KEY')).toBe(true);
+      expect(isCodedError(err, 'BAD_KEY')).toBe(true);
       expect(err!.message).toMatch(new RegExp(`^${keyFile.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is not a service-account JSON key `));
       expect(err!.message).toMatch(why);
       expect(`${err!.message}${String(err!.cause ?? '')}`).not.toContain(secret);

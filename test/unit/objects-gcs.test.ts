@@ -8,6 +8,7 @@ import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isObjectError } from '../../src/objects/cache.ts';
 import { gcsError, GcsSource, loadServiceAccountKey } from '../../src/objects/gcs.ts';
+import { isCodedError } from '../../src/util/errors.ts';
 import { rejection } from './helpers.ts';
 
 let dir: string;
@@ -26,7 +27,7 @@ async function keyFile(content: unknown): Promise<string> {
 describe('loadServiceAccountKey', () => {
   it('accepts a service-account key', async () => {
     const key = { type: 'service_account', project_id: 'p', private_key_id: 'abc', private_key: pem(), client_email: 'sa@p.iam.gserviceaccount.com' };
-    expect(await loadServiceAccountKey(await keyFile(key))).toEqual({ client_email: key.client_email, private_key: key.private_key, private_key_id: 'abc', project_id: 'p' });
+    expect(await loadServiceAccountKey(await keyFile(key))).toMatchObject({ client_email: key.client_email, private_key: key.private_key, private_key_id: 'abc', project_id: 'p' });
   });
 
   it('says what is wrong without quoting the file', async () => {
@@ -43,7 +44,7 @@ describe('loadServiceAccountKey', () => {
     for (const [content, why] of cases) {
       const file = await keyFile(content);
       const err = await rejection(loadServiceAccountKey(file));
-      expect(isObjectError(err, 'BAD_KEY')).toBe(true);
+      expect(isCodedError(err, 'BAD_KEY')).toBe(true);
       expect(err.message).toBe(`${file} is not a service-account JSON key (${why}); download one with: gcloud iam service-accounts keys create`);
       expect(err.message).not.toContain(secret);
     }

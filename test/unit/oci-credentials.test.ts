@@ -6,6 +6,7 @@ import { MockAgent } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loginProvider, parseUserPass } from '../../src/oci/auth/credentials.ts';
 import { isOciError } from '../../src/oci/errors.ts';
+import { isCodedError } from '../../src/util/errors.ts';
 import { Transport } from '../../src/oci/http/transport.ts';
 
 let dir: string;
@@ -77,9 +78,9 @@ describe('service-account key logins', () => {
     await writeFile(notJson, `SECRET-${'x'.repeat(40)}`);
     const wrongShape = join(dir, 'wrong.json');
     await writeFile(wrongShape, JSON.stringify({ type: 'authorized_user', refresh_token: 'SECRET-refresh' }));
-    for (const [file, pattern] of [[notJson, /is not JSON/], [wrongShape, /lacks type "service_account"/], [join(dir, 'missing.json'), /cannot read the service-account key/]] as const) {
+    for (const [file, pattern] of [[notJson, /is not a service-account JSON key \(not JSON\)/], [wrongShape, /its type is "authorized_user", not "service_account"/], [join(dir, 'missing.json'), /cannot read the service-account key/]] as const) {
       const err = (await loginProvider({ serviceAccountKeyFile: file })('r.example').catch((e: unknown) => e)) as Error;
-      expect(isOciError(err, 'UNAUTHORIZED')).toBe(true);
+      expect(isCodedError(err, 'BAD_KEY')).toBe(true);
       expect(err.message).toMatch(pattern);
       expect(err.message).not.toContain('SECRET');
     }

@@ -1,5 +1,5 @@
-import { readFile } from 'node:fs/promises';
 import { OciError } from '../errors.ts';
+import { loadServiceAccountKey } from '../../util/service-account.ts';
 import type { CredentialProvider } from './authorizer.ts';
 import { dockerConfigCredential, type Credential } from './docker-config.ts';
 
@@ -29,27 +29,6 @@ export function parseUserPass(value: string, flag: string): Credential {
   return { username: value.slice(0, colon), password: value.slice(colon + 1) };
 }
 
-async function readServiceAccountKey(file: string): Promise<{ text: string; json: Record<string, unknown> }> {
-  let text: string;
-  try {
-    text = (await readFile(file, 'utf8')).trim();
-  } catch (err) {
-    throw new OciError('UNAUTHORIZED', `cannot read the service-account key ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    // Never echo the file: it is a private key.
-    throw new OciError('UNAUTHORIZED', `the service-account key ${file} is not JSON; download a JSON key for the service account`);
-  }
-  const o = json as Record<string, unknown>;
-  if (typeof o !== 'object' || o === null || o.type !== 'service_account' || typeof o.private_key !== 'string' || typeof o.client_email !== 'string') {
-    throw new OciError('UNAUTHORIZED', `the service-account key ${file} lacks type "service_account", client_email or private_key; download a JSON key for the service account`);
-  }
-  return { text, json: o };
-}
-
 /** A short-lived access token for the key, through google-auth-library (cached and refreshed by it). */
 async function accessTokenSource(json: Record<string, unknown>, fetchImplementation?: typeof globalThis.fetch): Promise<() => Promise<string>> {
   const { GoogleAuth } = await import('google-auth-library');
@@ -74,7 +53,7 @@ export function loginProvider(opts: LoginOptions): CredentialProvider {
   let fromKey: Promise<() => Promise<Credential>> | undefined;
   const keyCredential = () => {
     fromKey ??= (async () => {
-      const key = await readServiceAccountKey(opts.serviceAccountKeyFile!);
+      const key = await loadServiceAccountKey(opts.serviceAccountKeyFile!);
       if (opts.serviceAccountMode === 'access_token') {
         const token = await accessTokenSource(key.json, opts.fetch);
         return async () => ({ username: 'oauth2accesstoken', password: await token() });

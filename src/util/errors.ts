@@ -1,0 +1,17 @@
+/**
+ * The base of every error the tool reports: one line naming what is wrong and what to do, a
+ * machine-readable `code`, and whether another attempt may succeed. Never carries credentials.
+ */
+export class CodedError<C extends string = string> extends Error {
+  readonly code: C;
+  readonly retryable: boolean;
+  constructor(code: C, message: string, opts: { retryable?: boolean; cause?: unknown } = {}) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = new.target.name;
+    this.code = code;
+    this.retryable = opts.retryable ?? false;
+  }
+}
+
+export const isCodedError = (err: unknown, code?: string): err is CodedError =>
+  err instanceof CodedError && (code === undefined || err.code === code);
