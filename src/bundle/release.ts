@@ -1,13 +1,11 @@
 import { createReadStream } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { pipeline } from 'node:stream/promises';
-import { createGunzip } from 'node:zlib';
-import { extract } from 'tar-stream';
 import { parse } from 'yaml';
 import { OciError } from '../oci/errors.ts';
 import { fetchObject } from '../objects/cache.ts';
 import type { CachedObject, ObjectInfo, ObjectSource } from '../objects/types.ts';
 import { valueAt, type Recipe } from './recipe.ts';
+import { readArchiveFiles } from './release-archive.ts';
 
 export interface ResolvedRelease {
   version: string;
@@ -26,7 +24,6 @@ export interface ResolvedRelease {
 }
 
 const VERSION_RE = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$/;
-const MAX_VALUES = 4 << 20;
 
 const gs = (bucket: string, key: string) => `gs://${bucket}/${key}`;
 
@@ -43,30 +40,6 @@ export function sumFor(text: string, names: string[]): string | undefined {
     if (m && names.includes(m[2]!.replace(/^\.\//, ''))) return m[1];
   }
   return undefined;
-}
-
-/** The chart values file and the newest entry time, streamed out of the .tar.gz (never extracted). */
-async function readArchive(file: string, valuesPath: string): Promise<{ values: string | undefined; date: Date }> {
-  const ex = extract();
-  let values: string | undefined;
-  let newest = 0;
-  const done = pipeline(createReadStream(file, { highWaterMark: 1 << 20 }), createGunzip(), ex);
-  for await (const entry of ex) {
-    const { name, mtime, size, type } = entry.header;
-    if (mtime) newest = Math.max(newest, mtime.getTime());
-    // The archive has one top directory (cartesia-kube/); the recipe's path is below it.
-    const inner = name.replace(/^\.\//, '').split('/').slice(1).join('/');
-    if (type === 'file' && (inner === valuesPath || name === valuesPath)) {
-      if ((size ?? 0) > MAX_VALUES) throw new OciError('TOO_LARGE', `${name} in the release archive is larger than ${MAX_VALUES} bytes`);
-      const chunks: Buffer[] = [];
-      for await (const c of entry as AsyncIterable<Buffer>) chunks.push(c);
-      values = Buffer.concat(chunks).toString('utf8');
-    } else {
-      entry.resume();
-    }
-  }
-  await done;
-  return { values, date: new Date(newest || 0) };
 }
 
 /**
@@ -116,11 +89,12 @@ export async function resolveRelease(src: ObjectSource, recipe: Recipe, wanted: 
   }
 
   const { chart } = recipe.release;
-  const read = await readArchive(archive.path, chart.values);
-  if (read.values === undefined) throw new OciError('NOT_FOUND', `the release archive has no ${chart.values}; the recipe does not match this release`);
+  const read = await readArchiveFiles(createReadStream(archive.path, { highWaterMark: 1 << 20 }), [chart.values]);
+  const valuesText = read.files.get(chart.values);
+  if (valuesText === undefined) throw new OciError('NOT_FOUND', `the release archive has no ${chart.values}; the recipe does not match this release`);
   let values: unknown;
   try {
-    values = parse(read.values);
+    values = parse(valuesText);
   } catch (err) {
     throw new OciError('UNSUPPORTED', `${chart.values} in the release archive is not valid YAML: ${(err as Error).message.split('\n')[0]}`);
   }
@@ -140,6 +114,6 @@ export async function resolveRelease(src: ObjectSource, recipe: Recipe, wanted: 
     ...(versionFile && version === latest ? { versionFile } : {}),
     tag,
     nats: `${nr ? `${nr}/` : ''}${nrepo}:${ntag}`,
-    date: read.date,
+    date: read.newest,
   };
 }

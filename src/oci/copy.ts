@@ -2,7 +2,7 @@ import pLimit from 'p-limit';
 import { OciError } from './errors.ts';
 import { parseManifest, resolveRoot } from './graph.ts';
 import { isIndex, isManifest } from './media-types.ts';
-import type { Descriptor, Platform, PushBlobResult, ReadTarget, WriteTarget } from './types.ts';
+import type { BlobOrigin, Descriptor, Platform, PushBlobResult, ReadTarget, WriteTarget } from './types.ts';
 
 export type CopyEvent =
   | { type: 'resolved'; digest: string; mediaType: string; size: number }
@@ -21,6 +21,11 @@ export interface CopyOptions {
   /** Extra annotations for the destination's index entry (layouts keep them). */
   annotations?: Record<string, string>;
   onEvent?: (event: CopyEvent) => void;
+  /**
+   * Where else on the destination's registry a blob already is (a sibling repository pushed
+   * earlier): the destination mounts it from there instead of uploading it again.
+   */
+  mountFrom?: (desc: Descriptor) => BlobOrigin | undefined;
 }
 
 export interface CopyResult {
@@ -85,8 +90,9 @@ export async function copyGraph(src: ReadTarget, dst: WriteTarget, srcReference:
         let moved = 0;
         if (!(await dst.hasBlob(desc))) {
           emit({ type: 'blob-start', digest: desc.digest, size: desc.size });
+          const origin = src.origin ?? opts.mountFrom?.(desc);
           const pushed = await dst.pushBlob(desc, (offset) => src.openBlob(desc, offset), {
-            ...(src.origin ? { origin: src.origin } : {}),
+            ...(origin ? { origin } : {}),
             onBytes: (bytes) => emit({ type: 'blob-bytes', digest: desc.digest, bytes, size: desc.size }),
           });
           how = pushed.how;

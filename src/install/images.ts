@@ -1,0 +1,67 @@
+import { Authorizer } from '../oci/auth/authorizer.ts';
+import { loginProvider, type LoginOptions } from '../oci/auth/credentials.ts';
+import { copyGraph, type CopyEvent, type CopyResult } from '../oci/copy.ts';
+import type { EndpointOptions, Transport } from '../oci/http/transport.ts';
+import { LayoutReader } from '../oci/layout/reader.ts';
+import { apiHost, parseReference } from '../oci/reference.ts';
+import { RegistryClient } from '../oci/registry/client.ts';
+import { RemoteRepository } from '../oci/registry/repository.ts';
+import type { BlobOrigin, LayoutFiles } from '../oci/types.ts';
+import type { BundleImage } from '../bundle/manifest.ts';
+
+/** `--registry HOST[:PORT]/PREFIX`, split; the prefix may be empty or several levels deep. */
+export interface RegistryTarget {
+  host: string;
+  prefix: string;
+}
+
+export function parseRegistryTarget(value: string): RegistryTarget {
+  // Parsed as a reference so host, port and path rules are the engine's own.
+  const ref = parseReference(`${value.replace(/\/+$/, '')}/x`, null);
+  if (!value.includes('/') && !/[.:]/.test(value) && value !== 'localhost') {
+    return { host: value, prefix: '' };
+  }
+  return { host: ref.registry, prefix: ref.repository.split('/').slice(0, -1).join('/') };
+}
+
+export const targetRepository = (t: RegistryTarget, name: string): string => (t.prefix ? `${t.prefix}/${name}` : name);
+
+export interface PushedImage {
+  name: string;
+  repository: string;
+  tag: string;
+  digest: string;
+  result: CopyResult;
+}
+
+/**
+ * Pushes every image of the bundle into `PREFIX/<name>:<tag>`, reading blobs from the bundle by
+ * offset; digests stay the same; blobs the registry already has are skipped; a blob pushed to
+ * one repository is mounted into the next instead of uploaded again; tags are written last.
+ */
+export async function pushImages(
+  images: BundleImage[],
+  layout: LayoutFiles,
+  target: RegistryTarget,
+  opts: { transport: Transport; login: LoginOptions; endpoint?: EndpointOptions; concurrency?: number; onEvent?: (image: string, e: CopyEvent) => void },
+): Promise<PushedImage[]> {
+  if (opts.endpoint) await opts.transport.configure(apiHost(target.host), opts.endpoint);
+  const client = new RegistryClient(target.host, opts.transport, new Authorizer(opts.transport, loginProvider({ ...opts.login, fetch: opts.transport.fetch })));
+  const src = new LayoutReader(layout);
+  const seen = new Map<string, BlobOrigin>();
+  const pushed: PushedImage[] = [];
+  for (const image of images) {
+    const repository = targetRepository(target, image.name);
+    const dst = new RemoteRepository(client, repository);
+    const result = await copyGraph(src, dst, image.ref, image.tag, {
+      ...(opts.concurrency ? { concurrency: opts.concurrency } : {}),
+      mountFrom: (d) => seen.get(d.digest),
+      onEvent: (e) => {
+        if (e.type === 'blob-done' && !seen.has(e.digest)) seen.set(e.digest, { registry: target.host, repository });
+        opts.onEvent?.(image.name, e);
+      },
+    });
+    pushed.push({ name: image.name, repository, tag: image.tag, digest: result.digest, result });
+  }
+  return pushed;
+}
