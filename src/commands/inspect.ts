@@ -1,0 +1,124 @@
+import { resolve } from 'node:path';
+import { Args, Flags } from '@oclif/core';
+import { AirgapCommand } from '../base-command.ts';
+import type { BundleArtifact, BundleImage } from '../bundle/manifest.ts';
+import { openBundle } from '../bundle/reader.ts';
+
+/**
+ * The recipe's customer prefixes (bundles/cartesia.yaml): artifacts are grouped by them, anything
+ * else by its first path component, so a listing shows "migrations" and "loras" rather than
+ * thousands of keys.
+ */
+const KNOWN_PREFIXES = ['migrations/v2/migrations/', 'loras/'];
+
+export interface InspectOutput {
+  file: string;
+  size: number;
+  formatVersion: number;
+  tool: { name: string; version: string };
+  created: string;
+  release: { version: string; tag: string; archive: string };
+  customer: { name?: string; bucket: string } | null;
+  signer: string | null;
+  images: { name: string; tag: string; digest: string; platforms: string[]; size: number }[];
+  artifacts: { count: number; bytes: number; groups: { bucket: string; prefix: string; count: number; bytes: number }[] };
+  entries: number;
+}
+
+const platformText = (p: BundleImage['platforms'][number]): string => [p.os, p.architecture, ...(p.variant ? [p.variant] : [])].join('/');
+
+function groupOf(a: BundleArtifact): string {
+  const known = KNOWN_PREFIXES.find((p) => a.key.startsWith(p));
+  if (known) return known;
+  const slash = a.key.indexOf('/');
+  return slash === -1 ? a.key : a.key.slice(0, slash + 1);
+}
+
+function groupArtifacts(artifacts: readonly BundleArtifact[]): InspectOutput['artifacts']['groups'] {
+  const groups = new Map<string, { bucket: string; prefix: string; count: number; bytes: number }>();
+  for (const a of artifacts) {
+    const prefix = groupOf(a);
+    const id = `${a.bucket}\0${prefix}`;
+    const g = groups.get(id) ?? { bucket: a.bucket, prefix, count: 0, bytes: 0 };
+    g.count++;
+    g.bytes += a.size;
+    groups.set(id, g);
+  }
+  return [...groups.values()].sort((x, y) => (x.bucket === y.bucket ? (x.prefix < y.prefix ? -1 : 1) : x.bucket < y.bucket ? -1 : 1));
+}
+
+/** Bytes with a binary unit, for people; --json keeps exact numbers. */
+function human(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return i === 0 ? `${n} B` : `${v.toFixed(1)} ${units[i]}`;
+}
+
+function table(rows: string[][]): string[] {
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
+  return rows.map((r) => r.map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]!))).join('  ').trimEnd());
+}
+
+export default class Inspect extends AirgapCommand {
+  static override summary = 'Show what a bundle holds: release, images, artifacts, signer. Verifies nothing.';
+  static override description =
+    'Reads bundle.json and the tar\'s structure in place (the same structural checks as verify, no hashing and no signature ' +
+    'check: use `verify` before trusting anything shown here).';
+  static override examples = ['<%= config.bin %> inspect cartesia-2025.11.18.tar', '<%= config.bin %> inspect cartesia-2025.11.18.tar --json'];
+  static override args = {
+    bundle: Args.string({ description: 'the bundle file (FILE.tar)', required: true }),
+  };
+  static override flags = {
+    json: Flags.boolean({ description: 'print the same as one JSON document on stdout' }),
+  };
+
+  async run(): Promise<InspectOutput> {
+    const { args, flags } = await this.parse(Inspect);
+    const b = await openBundle(resolve(args.bundle));
+    const m = b.manifest;
+    const out: InspectOutput = {
+      file: b.file,
+      size: b.index.fileSize,
+      formatVersion: m.formatVersion,
+      tool: m.tool,
+      created: m.created,
+      release: { version: m.release.version, tag: m.release.tag, archive: m.release.archive.path },
+      customer: m.customer,
+      // What bundle.json claims: only `verify --public-key` proves it.
+      signer: b.signature === undefined ? null : (m.signer?.fingerprint ?? null),
+      images: m.images.map((i) => ({ name: i.name, tag: i.tag, digest: i.digest, platforms: i.platforms.map(platformText), size: i.size })),
+      artifacts: { count: m.artifacts.length, bytes: m.artifacts.reduce((n, a) => n + a.size, 0), groups: groupArtifacts(m.artifacts) },
+      entries: m.entries.length,
+    };
+    if (flags.json) {
+      process.stdout.write(`${JSON.stringify(out)}\n`);
+      return out;
+    }
+    this.log(`bundle    ${out.file}  ${human(out.size)} (${out.size} bytes)`);
+    this.log(`release   ${out.release.version}  tag ${out.release.tag}`);
+    this.log(`created   ${out.created}`);
+    this.log(`tool      ${out.tool.name} ${out.tool.version}  (format ${out.formatVersion})`);
+    this.log(`signer    ${out.signer ?? 'unsigned'}${out.signer ? '  (not verified; run `verify --public-key`)' : ''}`);
+    if (out.customer) this.log(`customer  ${out.customer.name ?? '-'}  gs://${out.customer.bucket}`);
+    this.log('');
+    this.log(`images (${out.images.length})`);
+    if (out.images.length > 0) {
+      const rows = [['NAME', 'TAG', 'DIGEST', 'PLATFORMS', 'SIZE'], ...out.images.map((i) => [i.name, i.tag, i.digest, i.platforms.join(',') || '-', human(i.size)])];
+      for (const line of table(rows)) this.log(`  ${line}`);
+    }
+    this.log('');
+    this.log(`artifacts (${out.artifacts.count}, ${human(out.artifacts.bytes)})`);
+    if (out.artifacts.groups.length > 0) {
+      const rows = [['PREFIX', 'COUNT', 'SIZE'], ...out.artifacts.groups.map((g) => [`gs://${g.bucket}/${g.prefix}`, String(g.count), human(g.bytes)])];
+      for (const line of table(rows)) this.log(`  ${line}`);
+    }
+    this.log('');
+    this.log(`${out.entries} entries after bundle.json, ${human(out.size)} in all`);
+    return out;
+  }
+}

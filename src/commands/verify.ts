@@ -1,0 +1,93 @@
+import type { KeyObject } from 'node:crypto';
+import { resolve } from 'node:path';
+import { Args, Flags } from '@oclif/core';
+import { AirgapCommand } from '../base-command.ts';
+import { openBundle } from '../bundle/reader.ts';
+import { loadPublicKey } from '../bundle/sign.ts';
+import { verifyBundle, type VerifyResult } from '../bundle/verify.ts';
+import { isCodedError } from '../util/errors.ts';
+
+export interface VerifyOutput {
+  ok: boolean;
+  fingerprint: string | null;
+  entries: number;
+  bytes: number;
+  error?: string;
+}
+
+const mib = (n: number): string => `${(n / 2 ** 20).toFixed(1)} MiB`;
+
+export default class Verify extends AirgapCommand {
+  static override summary = 'Check a bundle\'s signature and every entry\'s hash without extracting it.';
+  static override description =
+    'Reads the bundle in place: checks its structure (bundle.json first, then its signature, then exactly the entries bundle.json ' +
+    'lists, all regular files), verifies bundle.json.sig with --public-key before anything else, then hashes every entry as it ' +
+    'streams and compares it with bundle.json. Exit codes: 0 verified, 3 the bundle failed verification (one line on stderr naming ' +
+    'the bad part), 1 another error (unreadable file, bad key file), 2 bad usage.';
+  static override examples = [
+    '<%= config.bin %> verify cartesia-2025.11.18.tar --public-key keys/bundle.pub',
+    '<%= config.bin %> verify cartesia-2025.11.18.tar --insecure-skip-signature --json',
+  ];
+  static override args = {
+    bundle: Args.string({ description: 'the bundle file (FILE.tar)', required: true }),
+  };
+  static override flags = {
+    'public-key': Flags.string({ description: 'the signer\'s public key (bundle.pub from `keys generate`)', exclusive: ['insecure-skip-signature'] }),
+    'insecure-skip-signature': Flags.boolean({ description: 'do not check the signature, only the hashes (anyone could have made such a bundle)' }),
+    json: Flags.boolean({ description: 'print {ok, fingerprint, entries, bytes, error?} on stdout' }),
+  };
+
+  async run(): Promise<VerifyOutput> {
+    const { args, flags } = await this.parse(Verify);
+    if (!flags['public-key'] && !flags['insecure-skip-signature']) {
+      this.error('give the signer\'s --public-key FILE, or --insecure-skip-signature to check only the hashes', { exit: 2 });
+    }
+    const skip = flags['insecure-skip-signature'];
+    if (skip) process.stderr.write('WARNING: --insecure-skip-signature: the signature is NOT checked; only the hashes in bundle.json are compared, so anyone could have made this bundle\n');
+    const report = (out: VerifyOutput): void => {
+      if (flags.json) process.stdout.write(`${JSON.stringify(out)}\n`);
+    };
+    let result: VerifyResult;
+    try {
+      const publicKey: KeyObject | undefined = flags['public-key'] ? await loadPublicKey(flags['public-key']) : undefined;
+      const bundle = await openBundle(resolve(args.bundle));
+      result = await verifyBundle(bundle, { ...(publicKey ? { publicKey } : {}), ...(flags.json ? {} : { onEntry: progress() }) });
+    } catch (err) {
+      const message = (err as Error).message;
+      report({ ok: false, fingerprint: null, entries: 0, bytes: 0, error: message });
+      if (isCodedError(err, 'VERIFY')) this.error(message, { exit: 3 });
+      throw err;
+    } finally {
+      clearProgress();
+    }
+    const out: VerifyOutput = { ok: true, ...result };
+    report(out);
+    if (!flags.json) {
+      if (skip) this.log(`signer       ${result.fingerprint ?? 'none (unsigned)'} (NOT checked)`);
+      else this.log(`signer       ${result.fingerprint}`);
+      this.log(`OK: ${result.entries} entries, ${result.bytes} bytes verified${skip ? ' (signature NOT checked)' : ''}`);
+    }
+    return out;
+  }
+}
+
+let shown = false;
+
+/** One rewritten line on a terminal's stderr, at most a few times a second; nothing in logs. */
+function progress(): ((path: string, bytes: number, total: number) => void) | undefined {
+  if (!process.stderr.isTTY) return undefined;
+  let last = 0;
+  return (path, bytes, total) => {
+    const now = Date.now();
+    if (now - last < 200 && bytes !== total) return;
+    last = now;
+    const name = path.length > 60 ? `…${path.slice(-59)}` : path;
+    process.stderr.write(`\r\x1b[Kverifying ${name}  ${mib(bytes)} / ${mib(total)}`);
+    shown = true;
+  };
+}
+
+function clearProgress(): void {
+  if (shown) process.stderr.write('\r\x1b[K');
+  shown = false;
+}

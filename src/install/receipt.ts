@@ -1,0 +1,36 @@
+import type { PushedImage } from './images.ts';
+
+/** What install did, for the security team: no credentials, only endpoints, digests and keys. */
+export interface Receipt {
+  formatVersion: 1;
+  tool: { name: 'cartesia-airgap'; version: string };
+  startedAt: string;
+  finishedAt: string;
+  bundle: { path: string; sha256: string; size: number; signer: string | null; verified: boolean; release: { version: string; tag: string } };
+  registry: { endpoint: string; images: { name: string; repository: string; tag: string; digest: string; blobs: { uploaded: number; mounted: number; existed: number }; bytesUploaded: number }[] } | null;
+  storage: { endpoint: string; bucket: string; objects: { key: string; sha256: string; size: number; how: 'uploaded' | 'skipped' }[] } | null;
+  values: { path: string; set: { path: string; value: unknown }[]; unknown: string[]; schemaErrors: string[] } | null;
+  env: { path: string } | null;
+}
+
+export const receiptImages = (pushed: PushedImage[]): NonNullable<Receipt['registry']>['images'] =>
+  pushed.map((p) => ({
+    name: p.name,
+    repository: p.repository,
+    tag: p.tag,
+    digest: p.digest,
+    blobs: { uploaded: p.result.blobs.uploaded, mounted: p.result.blobs.mounted, existed: p.result.blobs.existed },
+    bytesUploaded: p.result.bytesTransferred,
+  }));
+
+/** A URL with any user:password part removed, for receipts and messages. */
+export function withoutCredentials(url: string): string {
+  try {
+    const u = new URL(url);
+    u.username = '';
+    u.password = '';
+    return u.toString().replace(/\/$/, '');
+  } catch {
+    return url.replace(/\/\/[^@/]*@/, '//');
+  }
+}
