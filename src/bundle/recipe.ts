@@ -15,6 +15,10 @@ export const recipeSchema = z.strictObject({
     prefix: z.string().min(1),
     chart: z.strictObject({
       values: z.string().min(1),
+      /** The chart's JSON schema for its values, when it has one. */
+      schema: z.string().min(1).optional(),
+      /** The Docker Compose .env template install renders. */
+      envExample: z.string().min(1).optional(),
       releaseTag: keyPath,
       nats: z.strictObject({ registry: keyPath, repository: keyPath, tag: keyPath }),
     }),
