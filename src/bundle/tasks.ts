@@ -4,6 +4,7 @@ import { dirname, join } from 'node:path';
 import type { KeyObject } from 'node:crypto';
 import type { ListrTask } from 'listr2';
 import { OciError } from '../oci/errors.ts';
+import { throttledOutput } from '../progress/throttle.ts';
 import type { Transport } from '../oci/http/transport.ts';
 import { LayoutDirectory } from '../oci/layout/writer.ts';
 import { parseReference } from '../oci/reference.ts';
@@ -48,17 +49,14 @@ export interface BundleContext {
 
 const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
 
-/** Progress text at most every 250 ms: bytes, rate and ETA (listr2 re-renders on each set). */
+/** Progress text: bytes, rate and time left, throttled. */
 function meter(task: { output?: string }, total: number) {
   const started = Date.now();
-  let last = 0;
+  const show = throttledOutput(task);
   return (done: number) => {
-    const now = Date.now();
-    if (now - last < 250 && done < total) return;
-    last = now;
-    const rate = done / Math.max((now - started) / 1000, 0.001);
+    const rate = done / Math.max((Date.now() - started) / 1000, 0.001);
     const eta = rate > 0 ? Math.max(0, (total - done) / rate) : 0;
-    task.output = `${mib(done)} of ${mib(total)}, ${mib(rate)}/s, ${Math.round(eta)} s left`;
+    show(`${mib(done)} of ${mib(total)}, ${mib(rate)}/s, ${Math.round(eta)} s left`, done >= total);
   };
 }
 

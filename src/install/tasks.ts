@@ -1,0 +1,154 @@
+import { createHash, type KeyObject } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
+import type { ListrTask } from 'listr2';
+import type { OpenedBundle } from '../bundle/reader.ts';
+import type { Recipe } from '../bundle/recipe.ts';
+import { verifyBundle } from '../bundle/verify.ts';
+import type { LoginOptions } from '../oci/auth/credentials.ts';
+import type { EndpointOptions, Transport } from '../oci/http/transport.ts';
+import type { PutResult, S3Sink } from '../objects/s3.ts';
+import type { Facts } from '../render/values.ts';
+import { writeFileAtomic } from '../util/atomic.ts';
+import { throttledOutput } from '../progress/throttle.ts';
+import { pushImages, type PushedImage, type RegistryTarget } from './images.ts';
+import { receiptImages, type Receipt } from './receipt.ts';
+import { renderForInstall, type Rendered } from './render.ts';
+
+export interface InstallOptions {
+  bundle: OpenedBundle;
+  recipe: Recipe;
+  /** Absent: --insecure-skip-verify (hashes are still checked, the signature is not). */
+  publicKey?: KeyObject;
+  transport: Transport;
+  registry: { target: RegistryTarget; login: LoginOptions; endpoint?: EndpointOptions; description: string };
+  s3?: S3Sink;
+  facts: Facts;
+  valuesOut: string;
+  envOut?: string;
+  receiptOut: string;
+  dryRun: boolean;
+  concurrency: number;
+  toolVersion: string;
+}
+
+export interface InstallContext {
+  startedAt: Date;
+  fingerprint?: string | null;
+  bundleSha256?: string;
+  rendered?: Rendered;
+  pushed?: PushedImage[];
+  uploaded?: PutResult[];
+  receipt?: Receipt;
+}
+
+const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
+
+async function fileSha256(file: string): Promise<string> {
+  const h = createHash('sha256');
+  await pipeline(createReadStream(file, { highWaterMark: 1 << 20 }), async (src: AsyncIterable<Buffer>) => {
+    for await (const c of src) h.update(c);
+  });
+  return h.digest('hex');
+}
+
+/** The phases of `install`: everything is checked before the first write anywhere. */
+export function installTasks(o: InstallOptions): ListrTask<InstallContext>[] {
+  const m = o.bundle.manifest;
+  return [
+    {
+      title: 'Verify the bundle (signature, then every entry)',
+      task: async (ctx, task) => {
+        const show = throttledOutput(task);
+        let done = 0;
+        const [result, sha] = await Promise.all([
+          verifyBundle(o.bundle, {
+            ...(o.publicKey ? { publicKey: o.publicKey } : {}),
+            onEntry: (path, bytes, total) => {
+              if (bytes === total) show(`${++done} entries checked, last ${path}`);
+            },
+          }),
+          fileSha256(o.bundle.file),
+        ]);
+        ctx.fingerprint = result.fingerprint;
+        ctx.bundleSha256 = sha;
+        task.title = `Verified ${result.entries} entries (${mib(result.bytes)}), ${o.publicKey ? `signed by ${result.fingerprint}` : 'SIGNATURE NOT CHECKED (--insecure-skip-verify)'}`;
+      },
+    },
+    {
+      title: 'Render values.yaml from the bundled chart',
+      task: async (ctx, task) => {
+        ctx.rendered = await renderForInstall(o.bundle, o.recipe, o.facts);
+        const v = ctx.rendered.values;
+        task.title = `values.yaml: ${v.set.length} keys set${v.unknown.length ? `, not in this chart: ${v.unknown.join(', ')}` : ''}${v.schemaErrors.length ? `, schema: ${v.schemaErrors.join('; ')}` : ''}`;
+      },
+    },
+    {
+      title: `Push ${m.images.length} images to ${o.registry.description}`,
+      skip: () => o.dryRun && 'dry run',
+      task: async (ctx, task) => {
+        const show = throttledOutput(task);
+        let bytes = 0;
+        ctx.pushed = await pushImages(m.images, o.bundle.layoutFiles('images/'), o.registry.target, {
+          transport: o.transport,
+          login: o.registry.login,
+          ...(o.registry.endpoint ? { endpoint: o.registry.endpoint } : {}),
+          concurrency: o.concurrency,
+          onEvent: (name, e) => {
+            if (e.type === 'blob-done') {
+              bytes += e.bytesTransferred;
+              show(`${name}: ${mib(bytes)} uploaded`);
+            }
+          },
+        });
+        const up = ctx.pushed.reduce((n, p) => n + p.result.blobs.uploaded, 0);
+        const mounted = ctx.pushed.reduce((n, p) => n + p.result.blobs.mounted, 0);
+        task.title = `Pushed ${ctx.pushed.length} images to ${o.registry.description}: ${up} blobs uploaded, ${mounted} mounted, ${mib(bytes)}`;
+      },
+    },
+    {
+      title: `Upload ${m.artifacts.length} artifacts`,
+      skip: () => (o.dryRun ? 'dry run' : !o.s3 || m.artifacts.length === 0 ? 'no artifacts in this bundle' : false),
+      task: async (ctx, task) => {
+        const s3 = o.s3!;
+        const show = throttledOutput(task);
+        await s3.ensureBucket();
+        ctx.uploaded = [];
+        for (const a of m.artifacts) {
+          ctx.uploaded.push(await s3.put(a.key, a.size, a.sha256, async () => o.bundle.open(a.path)));
+          show(`${ctx.uploaded.length} of ${m.artifacts.length}: ${a.key}`);
+        }
+        const up = ctx.uploaded.filter((u) => u.how === 'uploaded').length;
+        task.title = `Artifacts in ${s3.description}: ${up} uploaded, ${ctx.uploaded.length - up} already there`;
+      },
+    },
+    {
+      title: 'Write values, .env and the receipt',
+      skip: () => o.dryRun && 'dry run',
+      task: async (ctx, task) => {
+        const r = ctx.rendered!;
+        await writeFileAtomic(o.valuesOut, r.values.text);
+        if (o.envOut && r.env) await writeFileAtomic(o.envOut, r.env.text);
+        ctx.receipt = receipt(o, ctx);
+        await writeFileAtomic(o.receiptOut, `${JSON.stringify(ctx.receipt, null, 2)}\n`);
+        task.title = `Wrote ${o.valuesOut}${o.envOut && r.env ? `, ${o.envOut}` : ''} and the receipt ${o.receiptOut}`;
+      },
+    },
+  ];
+}
+
+function receipt(o: InstallOptions, ctx: InstallContext): Receipt {
+  const m = o.bundle.manifest;
+  const v = ctx.rendered!.values;
+  return {
+    formatVersion: 1,
+    tool: { name: 'cartesia-airgap', version: o.toolVersion },
+    startedAt: ctx.startedAt.toISOString(),
+    finishedAt: new Date().toISOString(),
+    bundle: { path: o.bundle.file, sha256: ctx.bundleSha256!, size: o.bundle.index.fileSize, signer: ctx.fingerprint ?? null, verified: Boolean(o.publicKey), release: { version: m.release.version, tag: m.release.tag } },
+    registry: ctx.pushed ? { endpoint: o.registry.description, images: receiptImages(ctx.pushed) } : null,
+    storage: o.s3 && ctx.uploaded ? { endpoint: o.s3.description, bucket: o.s3.bucket, objects: ctx.uploaded.map((u) => ({ key: u.key, sha256: u.sha256, size: u.size, how: u.how })) } : null,
+    values: { path: o.valuesOut, set: v.set.map((s) => ({ path: s.path, value: s.value })), unknown: v.unknown, schemaErrors: v.schemaErrors },
+    env: o.envOut && ctx.rendered!.env ? { path: o.envOut } : null,
+  };
+}

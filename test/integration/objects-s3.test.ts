@@ -1,0 +1,228 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { GetObjectCommand, HeadObjectCommand, ListMultipartUploadsCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { isObjectError } from '../../src/objects/cache.ts';
+import { S3Sink, type S3SinkOptions } from '../../src/objects/s3.ts';
+import { seededBytes } from '../fixtures/bytes.ts';
+import { startProcess, type ServerProcess } from '../testbed/process.ts';
+import { MOTO_BIN } from '../testbed/servers.ts';
+import { run } from '../testbed/run.ts';
+import { rejection } from '../unit/helpers.ts';
+
+const bed = inject('testbed');
+const MiB = 1024 * 1024;
+const BUCKET = `airgap-s3-sink-${randomBytes(4).toString('hex')}`;
+const creds = { accessKeyId: bed.s3.accessKeyId, secretAccessKey: bed.s3.secretAccessKey };
+const base: S3SinkOptions = { endpoint: bed.s3.endpoint, region: bed.s3.region, bucket: BUCKET, credentials: creds, partSize: 5 * MiB, queueSize: 2 };
+// The test's own client: the oracle reads back what the sink wrote.
+const s3 = new S3Client({
+  endpoint: bed.s3.endpoint,
+  region: bed.s3.region,
+  forcePathStyle: true,
+  credentials: creds,
+  requestChecksumCalculation: 'WHEN_REQUIRED',
+  responseChecksumValidation: 'WHEN_REQUIRED',
+});
+
+/** sha256 and size of `seededBytes(seed, size)`, computed in memory (the declared values). */
+async function digest(seed: string, size: number): Promise<string> {
+  const h = createHash('sha256');
+  for await (const c of seededBytes(seed, size)) h.update(c as Buffer);
+  return h.digest('hex');
+}
+const source = (seed: string, size: number) => () => Promise.resolve(seededBytes(seed, size));
+
+let work: string;
+/** The object's bytes fetched with GetObject into a file and hashed by `sha256sum`: an independent oracle. */
+async function storedSha256(key: string, bucket = BUCKET): Promise<string> {
+  const res = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+  const file = join(work, randomBytes(6).toString('hex'));
+  await pipeline(res.Body as Readable, createWriteStream(file));
+  return (await run('sha256sum', [file])).slice(0, 64);
+}
+const headOrUndefined = (key: string) =>
+  s3.send(new HeadObjectCommand({ Bucket: BUCKET, Key: key })).catch((err: { $metadata?: { httpStatusCode?: number } }) => {
+    if (err.$metadata?.httpStatusCode === 404) return undefined;
+    throw err;
+  });
+
+let sink: S3Sink;
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), 'airgap-s3-test-'));
+  sink = new S3Sink(base);
+});
+afterAll(async () => {
+  sink.close();
+  await rm(work, { recursive: true, force: true });
+});
+
+describe('S3Sink against moto', () => {
+  it('creates a fresh bucket, then finds it', async () => {
+    expect(sink.description).toBe(`s3://${BUCKET} at ${bed.s3.endpoint}`);
+    expect(await sink.ensureBucket()).toBe('created');
+    expect(await sink.ensureBucket()).toBe('existed');
+    expect(await sink.head('nothing/here')).toBeUndefined();
+  });
+
+  it('puts a small object in one request, with its sha256 in metadata and an MD5 ETag', async () => {
+    const size = 3000 + 17;
+    const sha = await digest('small', size);
+    const res = await sink.put('loras/small.bin', size, sha, source('small', size));
+    expect(res).toMatchObject({ key: 'loras/small.bin', how: 'uploaded', size, sha256: sha });
+    expect(await storedSha256('loras/small.bin')).toBe(sha);
+    const h = await s3.send(new HeadObjectCommand({ Bucket: BUCKET, Key: 'loras/small.bin' }));
+    expect(h.Metadata?.['sha256']).toBe(sha);
+    const md5 = createHash('md5');
+    for await (const c of seededBytes('small', size)) md5.update(c as Buffer);
+    expect(h.ETag).toBe(`"${md5.digest('hex')}"`);
+    expect(res.etag).toBe(h.ETag?.replaceAll('"', ''));
+    expect(await sink.head('loras/small.bin')).toEqual({ size, sha256: sha, etag: res.etag });
+  });
+
+  it('puts an empty object', async () => {
+    const sha = createHash('sha256').digest('hex');
+    expect((await sink.put('empty', 0, sha, () => Promise.resolve(Readable.from([])))).how).toBe('uploaded');
+    expect(await sink.head('empty')).toMatchObject({ size: 0, sha256: sha });
+  });
+
+  it('puts a large object in parts (S3-style ETag) and the bytes read back equal', async () => {
+    const size = 20 * MiB + 12345;
+    const sha = await digest('large', size);
+    const res = await sink.put('loras/large.bin', size, sha, source('large', size));
+    expect(res.how).toBe('uploaded');
+    expect(res.etag).toMatch(/^[0-9a-f]{32}-5$/); // 4 full 5 MiB parts + a short one
+    expect(await storedSha256('loras/large.bin')).toBe(sha);
+    const h = await s3.send(new HeadObjectCommand({ Bucket: BUCKET, Key: 'loras/large.bin' }));
+    expect(h.Metadata?.['sha256']).toBe(sha);
+    expect(h.ETag).toBe(`"${res.etag}"`);
+  });
+
+  it('skips an identical object without reading the source or writing', async () => {
+    const size = 4096;
+    const sha = await digest('again', size);
+    await sink.put('again.bin', size, sha, source('again', size));
+    const before = await s3.send(new HeadObjectCommand({ Bucket: BUCKET, Key: 'again.bin' }));
+    await new Promise((r) => setTimeout(r, 1100)); // LastModified has one-second resolution
+    let opened = 0;
+    const res = await sink.put('again.bin', size, sha, () => (opened++, Promise.resolve(seededBytes('again', size))));
+    expect(res).toMatchObject({ how: 'skipped', size, sha256: sha });
+    expect(opened).toBe(0);
+    const after = await s3.send(new HeadObjectCommand({ Bucket: BUCKET, Key: 'again.bin' }));
+    expect(after.LastModified).toEqual(before.LastModified);
+
+    // Same key, different content: uploaded, and the new bytes are what is stored.
+    const sha2 = await digest('again-2', size);
+    expect((await sink.put('again.bin', size, sha2, source('again-2', size))).how).toBe('uploaded');
+    expect(await storedSha256('again.bin')).toBe(sha2);
+    expect((await sink.put('again.bin', size, sha2, source('again-2', size))).how).toBe('skipped');
+
+    // The same bytes put by another tool, without our sha256 metadata: size alone proves nothing.
+    const bytes = Buffer.concat(await seededBytes('again', size).toArray());
+    await s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: 'foreign.bin', Body: bytes }));
+    expect((await sink.put('foreign.bin', size, sha, source('again', size))).how).toBe('uploaded');
+    expect(await sink.head('foreign.bin')).toMatchObject({ size, sha256: sha });
+  });
+
+  describe.each([
+    ['single-part', 200 * 1024],
+    ['multipart', 12 * MiB + 1],
+  ])('a source whose bytes are not the declared ones (%s)', (kind, size) => {
+    const key = `bad/${kind}.bin`;
+    const inflight = async () => (await s3.send(new ListMultipartUploadsCommand({ Bucket: BUCKET, Prefix: key }))).Uploads ?? [];
+
+    it('fails naming the key and leaves nothing under a new key', async () => {
+      const err = await rejection(sink.put(key, size, await digest('declared', size), source('actual', size)));
+      expect(isObjectError(err, 'MISMATCH')).toBe(true);
+      expect(err.message).toContain(`s3://${BUCKET}/${key}`);
+      expect(err.message).not.toContain('\n');
+      expect(await headOrUndefined(key)).toBeUndefined();
+      expect(await inflight()).toEqual([]); // the multipart upload was aborted, its parts dropped
+    });
+
+    it('fails on a short source too', async () => {
+      const err = await rejection(sink.put(key, size, await digest('declared', size), source('declared', size - 1)));
+      expect(err.message).toMatch(/bytes where \d+ were declared/);
+      expect(await headOrUndefined(key)).toBeUndefined();
+      expect(await inflight()).toEqual([]);
+    });
+
+    it('leaves the old object in place under an existing key', async () => {
+      const good = await digest('good', size);
+      await sink.put(key, size, good, source('good', size));
+      const err = await rejection(sink.put(key, size, await digest('declared', size), source('actual', size)));
+      expect(isObjectError(err, 'MISMATCH')).toBe(true);
+      expect(await storedSha256(key)).toBe(good);
+      expect((await headOrUndefined(key))?.Metadata?.['sha256']).toBe(good);
+      expect(await inflight()).toEqual([]);
+    });
+  });
+});
+
+describe('S3Sink against moto with authentication on', () => {
+  let moto: ServerProcess;
+  beforeAll(async () => {
+    // The bed's moto takes any key; this one checks every request against its (empty) IAM.
+    moto = await startProcess('s3 (moto, auth)', MOTO_BIN, ['-H', '127.0.0.1', '-p', '0'], { cwd: bed.root, env: { INITIAL_NO_AUTH_ACTION_COUNT: '0' }, ready: /Running on http:\/\/127\.0\.0\.1:(\d+)/ });
+  });
+  afterAll(() => moto?.stop());
+
+  it('refuses wrong credentials with one line that holds no secret', async () => {
+    const secret = `wrong-secret-${randomBytes(8).toString('hex')}`;
+    const token = `session-${randomBytes(8).toString('hex')}`;
+    const bad = new S3Sink({ ...base, endpoint: `http://127.0.0.1:${moto.port}`, credentials: { accessKeyId: 'AKIAWRONGKEY0000', secretAccessKey: secret, sessionToken: token } });
+    try {
+      const calls = [() => bad.ensureBucket(), () => bad.put('k', 3, createHash('sha256').update('abc').digest('hex'), () => Promise.resolve(Readable.from([Buffer.from('abc')])))];
+      for (const call of calls) {
+        const err = await rejection(call());
+        expect(isObjectError(err, 'DENIED')).toBe(true);
+        expect(err.message).toContain(`s3://${BUCKET}`);
+        expect(err.message).toMatch(/HTTP 403/);
+        expect(err.message).not.toContain('\n');
+        expect(`${err.message}${String(err.stack)}${JSON.stringify(err)}`).not.toMatch(new RegExp(`${secret}|${token}`));
+        expect(err.cause).toBeUndefined();
+      }
+    } finally {
+      bad.close();
+    }
+  });
+});
+
+describe('S3Sink over TLS with a private CA', () => {
+  let moto: ServerProcess;
+  let endpoint: string;
+  beforeAll(async () => {
+    const pki = join(bed.root, 'pki');
+    moto = await startProcess('s3 (moto, tls)', MOTO_BIN, ['-H', '127.0.0.1', '-p', '0', '-s', '-c', join(pki, 'server.crt'), '-k', join(pki, 'server.key')], {
+      cwd: bed.root,
+      ready: /Running on https:\/\/127\.0\.0\.1:(\d+)/,
+    });
+    endpoint = `https://127.0.0.1:${moto.port}`;
+  });
+  afterAll(() => moto?.stop());
+
+  it('fails the TLS check without the CA, and works with it or with verification off', async () => {
+    const bucket = `airgap-tls-${randomBytes(4).toString('hex')}`;
+    const plain = new S3Sink({ ...base, endpoint, bucket });
+    const err = await rejection(plain.ensureBucket());
+    plain.close();
+    expect(err.message).toMatch(/^TLS check of https:\/\/127\.0\.0\.1:\d+ failed \(\w+\); pass the CA file/);
+
+    const withCa = new S3Sink({ ...base, endpoint, bucket, caFile: bed.caFile });
+    const skip = new S3Sink({ ...base, endpoint, bucket, insecureSkipVerify: true });
+    try {
+      expect(await withCa.ensureBucket()).toBe('created');
+      const sha = await digest('tls', 6 * MiB);
+      expect((await withCa.put('tls.bin', 6 * MiB, sha, source('tls', 6 * MiB))).how).toBe('uploaded');
+      expect(await skip.head('tls.bin')).toMatchObject({ size: 6 * MiB, sha256: sha });
+    } finally {
+      withCa.close();
+      skip.close();
+    }
+  });
+});
