@@ -1,0 +1,162 @@
+import { randomBytes } from 'node:crypto';
+import { copyFile, mkdir, open, readdir, readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { GetObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
+import { beforeAll, describe, expect, inject, it } from 'vitest';
+import { openBundle } from '../../src/bundle/reader.ts';
+import { runCli } from './cli.ts';
+import { authFile, sha256, skopeo } from './helpers.ts';
+
+const bed = inject('testbed');
+const fixture = inject('fixture');
+const work = join(bed.root, `install-test-${randomBytes(3).toString('hex')}`);
+const keys = join(work, 'keys');
+const good = join(work, 'good.tar');
+const name = (repo: string) => repo.split('/').at(-1)!;
+const exists = (p: string) => stat(p).then(() => true, () => false);
+const s3 = new S3Client({ endpoint: bed.s3.endpoint, region: bed.s3.region, forcePathStyle: true, credentials: { accessKeyId: bed.s3.accessKeyId, secretAccessKey: bed.s3.secretAccessKey } });
+const s3env = { AWS_ACCESS_KEY_ID: bed.s3.accessKeyId, AWS_SECRET_ACCESS_KEY: bed.s3.secretAccessKey, CARTESIA_AIRGAP_REGISTRY_PASSWORD: bed.private.password };
+
+interface Summary {
+  images?: { repository: string; tag: string; digest: string; blobsUploaded: number }[];
+  artifacts?: { uploaded: number; skipped: number };
+  values?: string;
+  receipt?: string;
+}
+
+/** Every install of a test gets its own registry prefix and bucket, so tests cannot see each other. */
+function installArgs(bundle: string, prefix: string, bucket: string, out: string): string[] {
+  return [
+    'install', bundle, '--public-key', join(keys, 'bundle.pub'),
+    '--registry', `${bed.private.host}/${prefix}`, '--registry-username', bed.private.username, '--registry-ca-file', bed.caFile,
+    '--s3-endpoint', bed.s3.endpoint, '--s3-bucket', bucket, '--storage-class', 'standard',
+    '--values-out', join(out, 'values.yaml'), '--env-out', join(out, '.env'),
+  ];
+}
+
+const objectsIn = async (bucket: string) => (await s3.send(new ListObjectsV2Command({ Bucket: bucket })).catch(() => ({ Contents: [] }))).Contents ?? [];
+const repoExists = async (repo: string, tag: string) =>
+  (await skopeo(['inspect', '--raw', '--cert-dir', bed.certDir, '--authfile', await authFile(bed.private.host, bed.private.username, bed.private.password), `docker://${bed.private.host}/${repo}:${tag}`])).ok;
+
+beforeAll(async () => {
+  await mkdir(work, { recursive: true });
+  expect((await runCli(['keys', 'generate', '--out', keys])).code).toBe(0);
+  const r = await runCli(['bundle', '--output', good, '--key-file', bed.saKeyFile, '--gcs-endpoint', bed.gcs.endpoint, '--source-registry', `${bed.source.host}/${bed.source.prefix}`, '--source-ca-file', bed.caFile, '--customer', fixture.customer, '--signing-key', join(keys, 'bundle.key'), '--cache-dir', join(work, 'cache')]);
+  expect(r.code, r.stderr).toBe(0);
+});
+
+describe('install: bundle → TLS registry, S3 and values.yaml', () => {
+  const prefix = 'inst-a/cartesia';
+  const bucket = `inst-a-${randomBytes(3).toString('hex')}`;
+  const out = join(work, 'out-a');
+
+  it('pushes digest-identical images, uploads every artifact, keeps every chart comment, and lists it all in the receipt', async () => {
+    await mkdir(out);
+    const r = await runCli([...installArgs(good, prefix, bucket, out), '--json'], { env: s3env });
+    expect(r.code, r.stderr).toBe(0);
+    const summary = JSON.parse(r.stdout) as Summary;
+    const auth = await authFile(bed.private.host, bed.private.username, bed.private.password);
+    for (const img of fixture.images) {
+      const raw = await skopeo(['inspect', '--raw', '--cert-dir', bed.certDir, '--authfile', auth, `docker://${bed.private.host}/${prefix}/${name(img.repository)}:${img.tag}`]);
+      expect(raw.ok && `sha256:${sha256(raw.stdout)}`, img.repository).toBe(img.digest);
+    }
+    const customer = fixture.objects.filter((o) => o.bucket === `cartesia-${fixture.customer}`);
+    expect(summary.artifacts).toEqual({ uploaded: customer.length, skipped: 0 });
+    for (const o of customer) {
+      const got = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: o.key }));
+      expect(sha256(Buffer.from(await got.Body!.transformToByteArray())), o.key).toBe(o.sha256);
+    }
+
+    const values = await readFile(join(out, 'values.yaml'), 'utf8');
+    expect(values).toMatch(new RegExp(`imageRegistry: ${bed.private.host.replace('.', '\\.')}/${prefix}\\n`));
+    expect(values).toContain(`releaseTag: ${fixture.release.releaseTag}`);
+    expect(values).toContain('authenticate: false');
+    const chart = (await runTarValues()).split('\n');
+    for (const line of chart.filter((l) => l.includes('#'))) {
+      const comment = line.slice(line.indexOf('#'));
+      expect(values, comment).toContain(comment);
+    }
+    expect(await readFile(join(out, '.env'), 'utf8')).toContain(`IMAGE_REGISTRY=${bed.private.host}/${prefix}`);
+
+    const receipt = JSON.parse(await readFile(summary.receipt!, 'utf8')) as Record<string, any>;
+    expect(receipt.bundle.sha256).toBe(sha256(await readFile(good)));
+    expect(receipt.bundle.verified).toBe(true);
+    expect(receipt.registry.images.map((i: { digest: string }) => i.digest).sort()).toEqual(fixture.images.map((i) => i.digest).sort());
+    expect(receipt.storage.objects).toHaveLength(customer.length);
+    expect(JSON.stringify(receipt)).not.toContain(bed.private.password);
+    expect(JSON.stringify(receipt)).not.toContain(bed.s3.secretAccessKey);
+    expect(r.stderr).not.toContain(bed.private.password);
+  });
+
+  it('a second install pushes 0 blobs and uploads 0 objects', async () => {
+    const r = await runCli([...installArgs(good, prefix, bucket, out), '--json'], { env: s3env });
+    expect(r.code, r.stderr).toBe(0);
+    const summary = JSON.parse(r.stdout) as Summary;
+    expect(summary.images!.reduce((n, i) => n + i.blobsUploaded, 0)).toBe(0);
+    expect(summary.artifacts).toMatchObject({ uploaded: 0 });
+  });
+});
+
+async function runTarValues(): Promise<string> {
+  const b = await openBundle(good);
+  const { readArchiveFiles } = await import('../../src/bundle/release-archive.ts');
+  return (await readArchiveFiles(b.open(b.manifest.release.archive.path), ['cartesia/values.yaml'])).files.get('cartesia/values.yaml')!;
+}
+
+/** A copy of the good bundle with one byte flipped inside entry `path`. */
+async function flipped(path: string): Promise<string> {
+  const loc = (await openBundle(good)).entry(path)!;
+  const copy = join(work, `flipped-${randomBytes(3).toString('hex')}.tar`);
+  await copyFile(good, copy);
+  const fh = await open(copy, 'r+');
+  const b = Buffer.alloc(1);
+  await fh.read(b, 0, 1, loc.offset + Math.floor(loc.size / 2));
+  b[0] = b[0]! ^ 0x01;
+  await fh.write(b, 0, 1, loc.offset + Math.floor(loc.size / 2));
+  await fh.close();
+  return copy;
+}
+
+describe('install: nothing is written before everything checks out', () => {
+  it('refuses a damaged bundle (image blob, artifact, release archive) with exit 3, leaving registry, bucket and files untouched', async () => {
+    const b = await openBundle(good);
+    const blob = b.manifest.entries.filter((e) => e.path.startsWith('images/blobs/')).sort((x, y) => y.size - x.size)[0]!.path;
+    for (const path of [blob, b.manifest.artifacts[0]!.path, b.manifest.release.archive.path]) {
+      const tag = randomBytes(3).toString('hex');
+      const out = join(work, `out-bad-${tag}`);
+      await mkdir(out);
+      const r = await runCli(installArgs(await flipped(path), `bad-${tag}/cartesia`, `bad-${tag}`, out), { env: s3env });
+      expect(r.code, path).toBe(3);
+      expect(r.stderr.split('\n').filter((l) => l.startsWith('Error:')), path).toHaveLength(1);
+      expect(await repoExists(`bad-${tag}/cartesia/cartesia-api`, fixture.release.releaseTag)).toBe(false);
+      expect(await objectsIn(`bad-${tag}`)).toHaveLength(0);
+      expect(await readdir(out)).toEqual([]);
+    }
+  });
+
+  it('--dry-run verifies and prints the plan but pushes, uploads and writes nothing', async () => {
+    const out = join(work, 'out-dry');
+    await mkdir(out);
+    const r = await runCli([...installArgs(good, 'dry/cartesia', 'dry-run-bucket', out), '--dry-run'], { env: s3env });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/Dry run: nothing was pushed, uploaded or written/);
+    expect(r.stdout).toContain(`push    ${bed.private.host}/dry/cartesia/cartesia-api:${fixture.release.releaseTag}@`);
+    expect(await repoExists('dry/cartesia/cartesia-api', fixture.release.releaseTag)).toBe(false);
+    expect(await objectsIn('dry-run-bucket')).toHaveLength(0);
+    expect(await readdir(out)).toEqual([]);
+    expect(await exists(join(out, 'values.yaml'))).toBe(false);
+  });
+
+  it('refuses without a public key unless told, and a bundle signed by another key', async () => {
+    const noKey = await runCli(['install', good, '--registry', `${bed.private.host}/x`]);
+    expect(noKey.code).toBe(2);
+    expect(noKey.stderr).toMatch(/no --public-key given/);
+    const other = join(work, 'other');
+    expect((await runCli(['keys', 'generate', '--out', other])).code).toBe(0);
+    const out = join(work, 'out-other');
+    await mkdir(out);
+    const r = await runCli([...installArgs(good, 'other/cartesia', 'other-key', out).map((a) => (a === join(keys, 'bundle.pub') ? join(other, 'bundle.pub') : a))], { env: s3env });
+    expect(r.code).toBe(3);
+    expect(await readdir(out)).toEqual([]);
+  });
+});
