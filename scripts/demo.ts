@@ -1,7 +1,8 @@
-// `npm run demo`: the main job end to end on local stand-ins. Today that is the connected side:
-// start the loopback test bed, seed a synthetic Cartesia release, make a signing key, `bundle`
-// the release, its images and the customer's artifacts into one signed tarball, and check it
-// with openssl, sha256sum and skopeo alone. `install` joins with the next issue.
+// `npm run demo`: the main job end to end on local stand-ins: start the loopback test bed, seed a
+// synthetic Cartesia release, make a signing key, `bundle` the release, its images and the
+// customer's artifacts into one signed tarball, check it with openssl, sha256sum and skopeo alone,
+// then `verify`, `inspect` and `install` it into the TLS registry and S3, as the disconnected
+// side would.
 import { createHash } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -74,7 +75,36 @@ try {
     console.log(`skopeo oci:images:${ref.padEnd(42)} ${digest === img.digest ? 'same digest as the source registry' : 'MISMATCH'}`);
     if (digest !== img.digest) throw new Error(`${ref}: digest changed`);
   }
-  console.log('\n(verify, inspect and install arrive with the next issue; the bundle above is what they will read)');
+
+  say('the disconnected side — cartesia-airgap verify: the signature first, then every byte, read in place');
+  console.log((await run(process.execPath, [cli, 'verify', out, '--public-key', join(keys, 'bundle.pub')])).trimEnd());
+
+  say('cartesia-airgap inspect: what the bundle holds');
+  console.log((await run(process.execPath, [cli, 'inspect', out])).trimEnd());
+
+  say('cartesia-airgap install: images → the TLS registry, artifacts → S3, values.yaml for Helm');
+  const installed = join(bed.root, 'install');
+  await run('mkdir', ['-p', installed]);
+  const secrets = { AWS_ACCESS_KEY_ID: bed.s3.accessKeyId, AWS_SECRET_ACCESS_KEY: bed.s3.secretAccessKey, CARTESIA_AIRGAP_REGISTRY_PASSWORD: bed.private.password };
+  const result = JSON.parse(
+    await run(process.execPath, [cli, 'install', out, '--public-key', join(keys, 'bundle.pub'), '--registry', `${bed.private.host}/cartesia`, '--registry-username', bed.private.username, '--registry-ca-file', bed.caFile, '--s3-endpoint', bed.s3.endpoint, '--storage-class', 'standard', '--values-out', join(installed, 'cartesia-values.yaml'), '--env-out', join(installed, '.env'), '--json'], { env: secrets }),
+  ) as { images: { repository: string; tag: string; digest: string }[]; artifacts: { uploaded: number }; values: string; receipt: string };
+  const auths = await skopeoAuthFile(bed.root, bed.private.host, bed.private.username, bed.private.password);
+  for (const i of result.images) {
+    const raw = await run('skopeo', ['inspect', '--raw', '--cert-dir', bed.certDir, '--authfile', auths, `docker://${i.repository}:${i.tag}`]);
+    const seen = `sha256:${createHash('sha256').update(raw).digest('hex')}`;
+    console.log(`${`${i.repository}:${i.tag}`.padEnd(68)} skopeo: ${seen === i.digest ? 'same digest' : 'MISMATCH'}`);
+    if (seen !== i.digest) throw new Error(`${i.repository}: digest changed`);
+  }
+  console.log(`${result.artifacts.uploaded} artifacts uploaded to s3://cartesia-${fx.customer} at ${bed.s3.endpoint}`);
+  console.log(`values for helm:  ${result.values}`);
+  console.log(`receipt:          ${result.receipt}`);
+  const again = JSON.parse(
+    await run(process.execPath, [cli, 'install', out, '--public-key', join(keys, 'bundle.pub'), '--registry', `${bed.private.host}/cartesia`, '--registry-username', bed.private.username, '--registry-ca-file', bed.caFile, '--s3-endpoint', bed.s3.endpoint, '--storage-class', 'standard', '--values-out', join(installed, 'cartesia-values.yaml'), '--json'], { env: secrets }),
+  ) as { images: { blobsUploaded: number }[]; artifacts: { uploaded: number; skipped: number } };
+  console.log(`install again: ${again.images.reduce((n, i) => n + i.blobsUploaded, 0)} blobs pushed, ${again.artifacts.uploaded} objects uploaded (${again.artifacts.skipped} already in place)`);
+  console.log(`\nnext: helm install cartesia ./cartesia -f ${result.values}`);
+  if (!values.keep) console.log('(the bed and these files go away when the demo ends; `npm run demo -- --keep` keeps them until Ctrl-C)');
   if (values.keep) {
     console.log('\n--keep: the bed stays up; Ctrl-C stops it');
   } else {
