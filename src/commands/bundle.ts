@@ -1,7 +1,8 @@
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Flags, type Interfaces } from '@oclif/core';
-import { Listr, ProcessOutput } from 'listr2';
+import { Listr } from 'listr2';
+import { listrOptions } from '../progress/listr.ts';
 import { AirgapCommand } from '../base-command.ts';
 import { SourceRegistries } from '../bundle/images.ts';
 import { loadRecipe } from '../bundle/recipe.ts';
@@ -98,15 +99,7 @@ export default class Bundle extends AirgapCommand {
         concurrency: flags.concurrency,
         toolVersion: toolVersion(),
       }),
-      {
-        renderer: flags.json ? 'silent' : 'default',
-        fallbackRenderer: 'simple',
-        // Progress goes to stderr: stdout is for the result (and --json).
-        processOutput: new ProcessOutput(process.stderr, process.stderr),
-        rendererOptions: { collapseErrors: true, showErrorMessage: false },
-        fallbackRendererOptions: {},
-        exitOnError: true,
-      } as never,
+      listrOptions(flags.json) as never,
     );
     try {
       const ctx = await tasks.run({ imageBytesFetched: 0, objectBytesFetched: 0 });

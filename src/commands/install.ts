@@ -1,7 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { Args, Flags, type Interfaces } from '@oclif/core';
-import { Listr, ProcessOutput } from 'listr2';
+import { Listr } from 'listr2';
+import { listrOptions } from '../progress/listr.ts';
 import { AirgapCommand } from '../base-command.ts';
 import { openBundle } from '../bundle/reader.ts';
 import { loadRecipe } from '../bundle/recipe.ts';
@@ -118,11 +119,7 @@ export default class Install extends AirgapCommand {
         toolVersion: toolVersion(),
       }),
       {
-        renderer: flags.json ? 'silent' : 'default',
-        fallbackRenderer: 'simple',
-        processOutput: new ProcessOutput(process.stderr, process.stderr),
-        rendererOptions: { collapseErrors: true, showErrorMessage: false },
-        exitOnError: true,
+        ...listrOptions(flags.json),
         ctx,
       } as never,
     );
