@@ -118,10 +118,10 @@ async function flipped(path: string): Promise<string> {
 }
 
 describe('install: nothing is written before everything checks out', () => {
-  it('refuses a damaged bundle (image blob, artifact, release archive) with exit 3, leaving registry, bucket and files untouched', async () => {
+  it('refuses a damaged bundle (bundle.json, signature, image blob, artifact, release archive) with exit 3, leaving registry, bucket and files untouched', async () => {
     const b = await openBundle(good);
     const blob = b.manifest.entries.filter((e) => e.path.startsWith('images/blobs/')).sort((x, y) => y.size - x.size)[0]!.path;
-    for (const path of [blob, b.manifest.artifacts[0]!.path, b.manifest.release.archive.path]) {
+    for (const path of ['bundle.json', 'bundle.json.sig', blob, b.manifest.artifacts[0]!.path, b.manifest.release.archive.path]) {
       const tag = randomBytes(3).toString('hex');
       const out = join(work, `out-bad-${tag}`);
       await mkdir(out);
