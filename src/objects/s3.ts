@@ -17,7 +17,7 @@ export interface S3SinkOptions {
   insecureSkipVerify?: boolean;
   /** Without: the SDK's default chain (AWS_* environment, profile). */
   credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
-  /** Objects up to this size go in one PutObject, bigger ones in parts of this size (default 64 MiB). */
+  /** Objects up to this size go in one PutObject, bigger ones in parts of this size (default 8 MiB). */
   partSize?: number;
   /** Parts in flight at once (default 4); memory is about (queueSize + 1) × partSize. */
   queueSize?: number;
@@ -147,7 +147,8 @@ export class S3Sink {
     if (!opts.bucket) throw new ObjectError('STORE', 'no S3 bucket given; name the bucket to install into');
     this.bucket = opts.bucket;
     this.region = opts.region || 'us-east-1';
-    this.partSize = opts.partSize ?? 64 * MiB;
+    // Small parts keep memory low: (queueSize + 1) × 8 MiB, well under the RSS budget.
+    this.partSize = opts.partSize ?? 8 * MiB;
     this.queueSize = opts.queueSize ?? 4;
     if (!Number.isSafeInteger(this.partSize) || this.partSize < 5 * MiB) throw new ObjectError('STORE', `S3 part size ${this.partSize} is below S3's minimum of 5 MiB`);
     if (!Number.isSafeInteger(this.queueSize) || this.queueSize < 1) throw new ObjectError('STORE', `S3 queue size ${this.queueSize} must be at least 1`);
