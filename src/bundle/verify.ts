@@ -112,4 +112,9 @@ async function checkImageIndex(b: OpenedBundle): Promise<void> {
     if (!found) throw bad(`bundle.json lists the image ${img.ref}, but images/index.json has no entry for it`);
     if (found.digest !== img.digest) throw bad(`images/index.json names ${found.digest} for ${img.ref}, but bundle.json says ${img.digest}`);
   }
+  // Nor may the layout name content the bundle does not carry: an OCI layout must be whole.
+  for (const d of index.manifests) {
+    const hex = /^sha256:([a-f0-9]{64})$/.exec(d.digest)?.[1];
+    if (!hex || !b.entry(`images/blobs/sha256/${hex}`)) throw bad(`images/index.json names ${d.digest}, which is not in the bundle`);
+  }
 }
