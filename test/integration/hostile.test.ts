@@ -10,14 +10,13 @@ import { appendFile, copyFile, mkdir, open, readdir, truncate, writeFile } from 
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
-import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { pack as tarPack, type Header } from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { BundleManifest } from '../../src/bundle/manifest.ts';
 import { openBundle, type OpenedBundle } from '../../src/bundle/reader.ts';
 import { loadSigningKey, signManifest } from '../../src/bundle/sign.ts';
+import { installArgs, installEnv, objectsIn, repoExists, s3 } from './install-target.ts';
 import { runCli, type CliResult } from './cli.ts';
-import { authFile, skopeo } from './helpers.ts';
 
 const bed = inject('testbed');
 const fixture = inject('fixture');
@@ -26,8 +25,6 @@ const keys = join(work, 'keys');
 const good = join(work, 'good.tar');
 const small = join(work, 'sonic-3.tar');
 const DOC = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'docs', 'generated', 'hostile-bundles.md');
-const s3 = new S3Client({ endpoint: bed.s3.endpoint, region: bed.s3.region, forcePathStyle: true, credentials: { accessKeyId: bed.s3.accessKeyId, secretAccessKey: bed.s3.secretAccessKey } });
-const s3env = { AWS_ACCESS_KEY_ID: bed.s3.accessKeyId, AWS_SECRET_ACCESS_KEY: bed.s3.secretAccessKey, CARTESIA_AIRGAP_REGISTRY_PASSWORD: bed.private.password };
 const sha256 = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
 const re = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 let n = 0;
@@ -36,18 +33,6 @@ const fresh = (what: string): string => join(work, `${String(n++).padStart(2, '0
 let g: OpenedBundle;
 let key: KeyObject;
 
-/** The same install arguments as install.test.ts: a registry prefix and bucket of the case's own. */
-function installArgs(bundle: string, prefix: string, bucket: string, out: string): string[] {
-  return [
-    'install', bundle, '--public-key', join(keys, 'bundle.pub'),
-    '--registry', `${bed.private.host}/${prefix}`, '--registry-username', bed.private.username, '--registry-ca-file', bed.caFile,
-    '--s3-endpoint', bed.s3.endpoint, '--s3-bucket', bucket, '--storage-class', 'standard',
-    '--values-out', join(out, 'values.yaml'), '--env-out', join(out, '.env'),
-  ];
-}
-const objectsIn = async (bucket: string) => (await s3.send(new ListObjectsV2Command({ Bucket: bucket })).catch(() => ({ Contents: [] }))).Contents ?? [];
-const repoExists = async (repo: string, tag: string) =>
-  (await skopeo(['inspect', '--raw', '--cert-dir', bed.certDir, '--authfile', await authFile(bed.private.host, bed.private.username, bed.private.password), `docker://${bed.private.host}/${repo}:${tag}`])).ok;
 const errorLines = (r: CliResult): string[] => r.stderr.split('\n').filter((l) => l.startsWith('Error:'));
 
 async function collect(s: Readable): Promise<Buffer> {
@@ -171,37 +156,33 @@ const cases: Case[] = [
   },
   {
     name: 'images/index.json (re-signed) names a manifest not in the bundle',
-    make: async () => {
-      const index = JSON.parse((await collect(g.open('images/index.json'))).toString('utf8')) as { manifests: { digest: string }[] };
-      index.manifests[0]!.digest = `sha256:${'e'.repeat(64)}`;
-      const indexBytes = Buffer.from(`${JSON.stringify(index, null, 2)}\n`);
-      const sums = Buffer.from((await collect(g.open('SHA256SUMS'))).toString('utf8').replace(/^[a-f0-9]{64}(?= {2}images\/index\.json$)/m, sha256(indexBytes)));
-      return resigned((m, raw) => {
-        for (const [path, bytes] of [['images/index.json', indexBytes], ['SHA256SUMS', sums]] as const) {
-          Object.assign(m.entries.find((e) => e.path === path)!, { size: bytes.length, sha256: sha256(bytes) });
-          raw.find((r) => r.name === path)!.body = bytes;
-        }
-      }, 'index-json');
-    },
-    reason: () => new RegExp(`^images/index\\.json names sha256:${'e'.repeat(64)} for \\S+, but bundle\\.json says sha256:[a-f0-9]{64}$`),
+    make: () => withIndex((manifests) => void (manifests[0]!.digest = GHOST), 'index-json'),
+    reason: () => new RegExp(`^images/index\\.json names ${GHOST} for \\S+, but bundle\\.json says sha256:[a-f0-9]{64}$`),
   },
   {
     name: 'images/index.json (re-signed) has an extra entry whose manifest is not in the bundle',
-    make: async () => {
-      const index = JSON.parse((await collect(g.open('images/index.json'))).toString('utf8')) as { manifests: { mediaType: string; digest: string; size: number; annotations?: Record<string, string> }[] };
-      index.manifests.push({ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: `sha256:${'e'.repeat(64)}`, size: 100, annotations: { 'org.opencontainers.image.ref.name': 'ghost:1' } });
-      const indexBytes = Buffer.from(`${JSON.stringify(index, null, 2)}\n`);
-      const sums = Buffer.from((await collect(g.open('SHA256SUMS'))).toString('utf8').replace(/^[a-f0-9]{64}(?= {2}images\/index\.json$)/m, sha256(indexBytes)));
-      return resigned((m, raw) => {
-        for (const [path, bytes] of [['images/index.json', indexBytes], ['SHA256SUMS', sums]] as const) {
-          Object.assign(m.entries.find((e) => e.path === path)!, { size: bytes.length, sha256: sha256(bytes) });
-          raw.find((r) => r.name === path)!.body = bytes;
-        }
-      }, 'index-json-extra');
-    },
-    reason: () => new RegExp(`^images/index\\.json names sha256:${'e'.repeat(64)}, which is not in the bundle$`),
+    make: () => withIndex((manifests) => void manifests.push({ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: GHOST, size: 100, annotations: { 'org.opencontainers.image.ref.name': 'ghost:1' } }), 'index-json-extra'),
+    reason: () => new RegExp(`^images/index\\.json names ${GHOST}, which is not in the bundle$`),
   },
 ];
+
+const GHOST = `sha256:${'e'.repeat(64)}`;
+
+type IndexEntry = { mediaType: string; digest: string; size: number; annotations?: Record<string, string> };
+
+/** The good bundle with images/index.json edited, and bundle.json and SHA256SUMS (re-signed) agreeing with it. */
+async function withIndex(edit: (manifests: IndexEntry[]) => void, name: string): Promise<string> {
+  const index = JSON.parse((await collect(g.open('images/index.json'))).toString('utf8')) as { manifests: IndexEntry[] };
+  edit(index.manifests);
+  const indexBytes = Buffer.from(`${JSON.stringify(index, null, 2)}\n`);
+  const sums = Buffer.from((await collect(g.open('SHA256SUMS'))).toString('utf8').replace(/^[a-f0-9]{64}(?= {2}images\/index\.json$)/m, sha256(indexBytes)));
+  return resigned((m, raw) => {
+    for (const [path, bytes] of [['images/index.json', indexBytes], ['SHA256SUMS', sums]] as const) {
+      Object.assign(m.entries.find((e) => e.path === path)!, { size: bytes.length, sha256: sha256(bytes) });
+      raw.find((r) => r.name === path)!.body = bytes;
+    }
+  }, name);
+}
 
 interface Row { case: string; verifyExit: number | null; installExit: number | null; reason: string; registryUnchanged: boolean; bucketUnchanged: boolean }
 const rows: Row[] = [];
@@ -256,7 +237,7 @@ describe('hostile bundles: verify and install refuse each, writing nothing', () 
     const tag = `${String(i).padStart(2, '0')}-${randomBytes(3).toString('hex')}`;
     const [prefix, bucket, out] = [`hostile-${tag}/cartesia`, `hostile-${tag}`, join(work, `out-${tag}`)];
     await mkdir(out);
-    const inst = await runCli(installArgs(file, prefix, bucket, out), { env: s3env });
+    const inst = await runCli(installArgs(file, join(keys, 'bundle.pub'), prefix, bucket, out), { env: installEnv });
     const registryUnchanged = !(await repoExists(`${prefix}/cartesia-api`, fixture.release.releaseTag));
     const bucketUnchanged = (await objectsIn(bucket)).length === 0;
     const reason = (errorLines(v)[0] ?? '(no Error: line)').replace(/^Error: /, '');

@@ -1,9 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { copyFile, mkdir, open, readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { GetObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { beforeAll, describe, expect, inject, it } from 'vitest';
 import { openBundle } from '../../src/bundle/reader.ts';
+import { installArgs, installEnv, objectsIn, repoExists, s3 } from './install-target.ts';
 import { runCli } from './cli.ts';
 import { authFile, sha256, skopeo } from './helpers.ts';
 
@@ -14,8 +15,6 @@ const keys = join(work, 'keys');
 const good = join(work, 'good.tar');
 const name = (repo: string) => repo.split('/').at(-1)!;
 const exists = (p: string) => stat(p).then(() => true, () => false);
-const s3 = new S3Client({ endpoint: bed.s3.endpoint, region: bed.s3.region, forcePathStyle: true, credentials: { accessKeyId: bed.s3.accessKeyId, secretAccessKey: bed.s3.secretAccessKey } });
-const s3env = { AWS_ACCESS_KEY_ID: bed.s3.accessKeyId, AWS_SECRET_ACCESS_KEY: bed.s3.secretAccessKey, CARTESIA_AIRGAP_REGISTRY_PASSWORD: bed.private.password };
 
 interface Summary {
   images?: { repository: string; tag: string; digest: string; blobsUploaded: number }[];
@@ -24,19 +23,6 @@ interface Summary {
   receipt?: string;
 }
 
-/** Every install of a test gets its own registry prefix and bucket, so tests cannot see each other. */
-function installArgs(bundle: string, prefix: string, bucket: string, out: string): string[] {
-  return [
-    'install', bundle, '--public-key', join(keys, 'bundle.pub'),
-    '--registry', `${bed.private.host}/${prefix}`, '--registry-username', bed.private.username, '--registry-ca-file', bed.caFile,
-    '--s3-endpoint', bed.s3.endpoint, '--s3-bucket', bucket, '--storage-class', 'standard',
-    '--values-out', join(out, 'values.yaml'), '--env-out', join(out, '.env'),
-  ];
-}
-
-const objectsIn = async (bucket: string) => (await s3.send(new ListObjectsV2Command({ Bucket: bucket })).catch(() => ({ Contents: [] }))).Contents ?? [];
-const repoExists = async (repo: string, tag: string) =>
-  (await skopeo(['inspect', '--raw', '--cert-dir', bed.certDir, '--authfile', await authFile(bed.private.host, bed.private.username, bed.private.password), `docker://${bed.private.host}/${repo}:${tag}`])).ok;
 
 beforeAll(async () => {
   await mkdir(work, { recursive: true });
@@ -52,7 +38,7 @@ describe('install: bundle → TLS registry, S3 and values.yaml', () => {
 
   it('pushes digest-identical images, uploads every artifact, keeps every chart comment, and lists it all in the receipt', async () => {
     await mkdir(out);
-    const r = await runCli([...installArgs(good, prefix, bucket, out), '--json'], { env: s3env });
+    const r = await runCli([...installArgs(good, join(keys, 'bundle.pub'), prefix, bucket, out), '--json'], { env: installEnv });
     expect(r.code, r.stderr).toBe(0);
     const summary = JSON.parse(r.stdout) as Summary;
     const auth = await authFile(bed.private.host, bed.private.username, bed.private.password);
@@ -89,7 +75,7 @@ describe('install: bundle → TLS registry, S3 and values.yaml', () => {
   });
 
   it('a second install pushes 0 blobs and uploads 0 objects', async () => {
-    const r = await runCli([...installArgs(good, prefix, bucket, out), '--json'], { env: s3env });
+    const r = await runCli([...installArgs(good, join(keys, 'bundle.pub'), prefix, bucket, out), '--json'], { env: installEnv });
     expect(r.code, r.stderr).toBe(0);
     const summary = JSON.parse(r.stdout) as Summary;
     expect(summary.images!.reduce((n, i) => n + i.blobsUploaded, 0)).toBe(0);
@@ -125,7 +111,7 @@ describe('install: nothing is written before everything checks out', () => {
       const tag = randomBytes(3).toString('hex');
       const out = join(work, `out-bad-${tag}`);
       await mkdir(out);
-      const r = await runCli(installArgs(await flipped(path), `bad-${tag}/cartesia`, `bad-${tag}`, out), { env: s3env });
+      const r = await runCli(installArgs(await flipped(path), join(keys, 'bundle.pub'), `bad-${tag}/cartesia`, `bad-${tag}`, out), { env: installEnv });
       expect(r.code, path).toBe(3);
       expect(r.stderr.split('\n').filter((l) => l.startsWith('Error:')), path).toHaveLength(1);
       expect(await repoExists(`bad-${tag}/cartesia/cartesia-api`, fixture.release.releaseTag)).toBe(false);
@@ -137,7 +123,7 @@ describe('install: nothing is written before everything checks out', () => {
   it('--dry-run verifies and prints the plan but pushes, uploads and writes nothing', async () => {
     const out = join(work, 'out-dry');
     await mkdir(out);
-    const r = await runCli([...installArgs(good, 'dry/cartesia', 'dry-run-bucket', out), '--dry-run'], { env: s3env });
+    const r = await runCli([...installArgs(good, join(keys, 'bundle.pub'), 'dry/cartesia', 'dry-run-bucket', out), '--dry-run'], { env: installEnv });
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/Dry run: nothing was pushed, uploaded or written/);
     expect(r.stdout).toContain(`push    ${bed.private.host}/dry/cartesia/cartesia-api:${fixture.release.releaseTag}@`);
@@ -155,7 +141,7 @@ describe('install: nothing is written before everything checks out', () => {
     expect((await runCli(['keys', 'generate', '--out', other])).code).toBe(0);
     const out = join(work, 'out-other');
     await mkdir(out);
-    const r = await runCli([...installArgs(good, 'other/cartesia', 'other-key', out).map((a) => (a === join(keys, 'bundle.pub') ? join(other, 'bundle.pub') : a))], { env: s3env });
+    const r = await runCli([...installArgs(good, join(other, 'bundle.pub'), 'other/cartesia', 'other-key', out)], { env: installEnv });
     expect(r.code).toBe(3);
     expect(await readdir(out)).toEqual([]);
   });
