@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import { basename } from 'node:path';
 import { Readable } from 'node:stream';
-import { Authorizer } from '../oci/auth/authorizer.ts';
-import { loginProvider, type LoginOptions } from '../oci/auth/credentials.ts';
+import type { LoginOptions } from '../oci/auth/credentials.ts';
+import { registryClient } from '../oci/stores.ts';
 import { copyGraph, type CopyEvent, type CopyResult } from '../oci/copy.ts';
 import { digestHex } from '../oci/digest.ts';
 import { resolveRoot, walkGraph, type GraphContents, type SelectedRoot } from '../oci/graph.ts';
@@ -12,8 +12,8 @@ import { DirectoryFiles } from '../oci/layout/directory-files.ts';
 import { LayoutReader } from '../oci/layout/reader.ts';
 import type { LayoutDirectory } from '../oci/layout/writer.ts';
 import { OCI_INDEX } from '../oci/media-types.ts';
-import { apiHost, formatReference, type Reference } from '../oci/reference.ts';
-import { RegistryClient } from '../oci/registry/client.ts';
+import { formatReference, type Reference } from '../oci/reference.ts';
+import type { RegistryClient } from '../oci/registry/client.ts';
 import { RemoteRepository } from '../oci/registry/repository.ts';
 import type { Platform } from '../oci/types.ts';
 import type { BundleImage } from './manifest.ts';
@@ -50,9 +50,7 @@ export class SourceRegistries {
     let client = this.#clients.get(ref.registry);
     if (!client) {
       const endpoint = this.#endpoints(ref.registry);
-      if (endpoint) await this.#transport.configure(apiHost(ref.registry), endpoint);
-      const login = loginProvider({ ...this.#logins(ref.registry), fetch: this.#transport.fetch });
-      client = new RegistryClient(ref.registry, this.#transport, new Authorizer(this.#transport, login));
+      client = await registryClient(ref.registry, this.#transport, { login: this.#logins(ref.registry), ...(endpoint ? { endpoint } : {}) });
       this.#clients.set(ref.registry, client);
     }
     return new RemoteRepository(client, ref.repository);

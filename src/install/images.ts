@@ -1,10 +1,9 @@
-import { Authorizer } from '../oci/auth/authorizer.ts';
-import { loginProvider, type LoginOptions } from '../oci/auth/credentials.ts';
+import type { LoginOptions } from '../oci/auth/credentials.ts';
 import { copyGraph, type CopyEvent, type CopyResult } from '../oci/copy.ts';
 import type { EndpointOptions, Transport } from '../oci/http/transport.ts';
 import { LayoutReader } from '../oci/layout/reader.ts';
-import { apiHost, parseReference } from '../oci/reference.ts';
-import { RegistryClient } from '../oci/registry/client.ts';
+import { parseReference } from '../oci/reference.ts';
+import { registryClient } from '../oci/stores.ts';
 import { RemoteRepository } from '../oci/registry/repository.ts';
 import type { BlobOrigin, LayoutFiles } from '../oci/types.ts';
 import type { BundleImage } from '../bundle/manifest.ts';
@@ -45,8 +44,7 @@ export async function pushImages(
   target: RegistryTarget,
   opts: { transport: Transport; login: LoginOptions; endpoint?: EndpointOptions; concurrency?: number; onEvent?: (image: string, e: CopyEvent) => void },
 ): Promise<PushedImage[]> {
-  if (opts.endpoint) await opts.transport.configure(apiHost(target.host), opts.endpoint);
-  const client = new RegistryClient(target.host, opts.transport, new Authorizer(opts.transport, loginProvider({ ...opts.login, fetch: opts.transport.fetch })));
+  const client = await registryClient(target.host, opts.transport, { login: opts.login, ...(opts.endpoint ? { endpoint: opts.endpoint } : {}) });
   const src = new LayoutReader(layout);
   const seen = new Map<string, BlobOrigin>();
   const pushed: PushedImage[] = [];

@@ -28,10 +28,14 @@ export interface Opened<T> {
   close(): Promise<void>;
 }
 
+/** A client for one registry host: its TLS settings, its login, its own token cache. */
+export async function registryClient(registry: string, transport: Transport, side: Pick<SideOptions, 'login' | 'endpoint'> = {}): Promise<RegistryClient> {
+  if (side.endpoint) await transport.configure(apiHost(registry), side.endpoint);
+  return new RegistryClient(registry, transport, new Authorizer(transport, loginProvider({ ...side.login, fetch: transport.fetch })));
+}
+
 async function remote(loc: Extract<Location, { kind: 'docker' }>, side: SideOptions, transport: Transport): Promise<RemoteRepository> {
-  if (side.endpoint) await transport.configure(apiHost(loc.ref.registry), side.endpoint);
-  const client = new RegistryClient(loc.ref.registry, transport, new Authorizer(transport, loginProvider({ ...side.login, fetch: transport.fetch })));
-  return new RemoteRepository(client, loc.ref.repository, side.repository);
+  return new RemoteRepository(await registryClient(loc.ref.registry, transport, side), loc.ref.repository, side.repository);
 }
 
 export async function openSource(loc: Location, side: SideOptions, transport: Transport): Promise<Opened<ReadTarget>> {
