@@ -22,15 +22,3 @@ export const receiptImages = (pushed: PushedImage[]): NonNullable<Receipt['regis
     blobs: { uploaded: p.result.blobs.uploaded, mounted: p.result.blobs.mounted, existed: p.result.blobs.existed },
     bytesUploaded: p.result.bytesTransferred,
   }));
-
-/** A URL with any user:password part removed, for receipts and messages. */
-export function withoutCredentials(url: string): string {
-  try {
-    const u = new URL(url);
-    u.username = '';
-    u.password = '';
-    return u.toString().replace(/\/$/, '');
-  } catch {
-    return url.replace(/\/\/[^@/]*@/, '//');
-  }
-}
