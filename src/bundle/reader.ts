@@ -12,7 +12,7 @@ import { open, stat } from 'node:fs/promises';
 import { PassThrough, type Readable } from 'node:stream';
 import { isOciError } from '../oci/errors.ts';
 import { TarLayoutFiles } from '../oci/tar-files.ts';
-import { isSafeRelativePath, scanTar, type TarEntry, type TarIndex } from '../tar/index.ts';
+import { isSafeRelativePath, readAt, scanTar, type TarEntry, type TarIndex } from '../tar/index.ts';
 import { CodedError } from '../util/errors.ts';
 import { BUNDLE_FORMAT_VERSION, bundleManifestSchema, MANIFEST_PATH, SIGNATURE_PATH, SUMS_PATH, type BundleManifest } from './manifest.ts';
 
@@ -197,14 +197,7 @@ async function readRange(file: string, position: number, length: number): Promis
     throw new BundleError('IO', `cannot read the bundle ${file}: ${err.code ?? err.message}`, { cause: err });
   });
   try {
-    const buf = Buffer.alloc(length);
-    let got = 0;
-    while (got < length) {
-      const { bytesRead } = await fh.read(buf, got, length - got, position + got);
-      if (bytesRead === 0) break;
-      got += bytesRead;
-    }
-    return buf.subarray(0, got);
+    return await readAt(fh, position, length);
   } finally {
     await fh.close();
   }

@@ -2,7 +2,7 @@ import { createReadStream } from 'node:fs';
 import { open as openFile } from 'node:fs/promises';
 import { PassThrough } from 'node:stream';
 import type { Readable } from 'node:stream';
-import { scanTar } from '../tar/index.ts';
+import { readAt, scanTar } from '../tar/index.ts';
 import type { TarEntry, TarIndex } from '../tar/index.ts';
 import { OciError } from './errors.ts';
 import type { LayoutFiles } from './types.ts';
@@ -53,22 +53,16 @@ export class TarLayoutFiles implements LayoutFiles {
     if (entry.size > MAX_READ) {
       throw new OciError('TOO_LARGE', `${this.description}: ${path} is ${entry.size} bytes, more than the ${MAX_READ} read into memory`);
     }
-    const buf = Buffer.alloc(entry.size);
     const fh = await openFile(this.#file, 'r');
     try {
-      let got = 0;
-      while (got < entry.size) {
-        const { bytesRead } = await fh.read(buf, got, entry.size - got, entry.offset + got);
-        if (bytesRead === 0) break;
-        got += bytesRead;
+      const buf = await readAt(fh, entry.offset, entry.size);
+      if (buf.length !== entry.size) {
+        throw new OciError('LAYOUT', `${this.description}: ${path} ends after ${buf.length} of ${entry.size} bytes (was the tar changed?)`);
       }
-      if (got !== entry.size) {
-        throw new OciError('LAYOUT', `${this.description}: ${path} ends after ${got} of ${entry.size} bytes (was the tar changed?)`);
-      }
+      return buf;
     } finally {
       await fh.close();
     }
-    return buf;
   }
 
   async open(path: string, offset: number): Promise<Readable> {

@@ -168,7 +168,8 @@ function normalise(p: string, isDir: boolean): string {
   return p === '.' ? '' : p;
 }
 
-async function readAt(fh: FileHandle, pos: number, len: number): Promise<Buffer> {
+/** Up to `len` bytes at byte `pos` (fewer only at the end of the file): reads may return short. */
+export async function readAt(fh: FileHandle, pos: number, len: number): Promise<Buffer> {
   const buf = Buffer.alloc(len);
   let got = 0;
   while (got < len) {
