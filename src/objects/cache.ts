@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -8,6 +8,7 @@ import pLimit from 'p-limit';
 import { writeFileAtomic } from '../util/atomic.ts';
 import { hashFile, MultiHasher, type ObjectHashes } from './hashes.ts';
 import { CodedError } from '../util/errors.ts';
+import { isAlive } from '../util/process.ts';
 import type { CachedObject, ObjectInfo, ObjectSource } from './types.ts';
 
 export type ObjectErrorCode =
@@ -100,6 +101,21 @@ async function reuse(info: ObjectInfo, cacheDir: string, rehash: boolean): Promi
   return { ...info, sha256: ledger.sha256, path, fetched: false };
 }
 
+const swept = new Set<string>();
+
+/**
+ * Removes the temp files of processes that died mid-download (kill -9, a crash): nobody will
+ * finish them, and a LoRA checkpoint's half can be gigabytes. Temp names start with the pid.
+ */
+async function sweepTmp(tmpDir: string): Promise<void> {
+  if (swept.has(tmpDir)) return;
+  swept.add(tmpDir);
+  for (const name of await readdir(tmpDir).catch(() => [])) {
+    const pid = Number(/^(\d+)-[0-9a-f]+\.partial$/.exec(name)?.[1]);
+    if (pid && pid !== process.pid && !isAlive(pid)) await rm(join(tmpDir, name), { force: true });
+  }
+}
+
 type Download = { kind: 'gone' } | { kind: 'bytes'; tmp: string; hashes: ObjectHashes } | { kind: 'overflow'; tmp: string };
 
 /** Streams one generation into a temp file while hashing; stops early if it outgrows `info.size`. */
@@ -111,7 +127,7 @@ async function download(source: ObjectSource, info: ObjectInfo, tmpDir: string, 
     if (isObjectError(err, 'GONE')) return { kind: 'gone' };
     throw err;
   }
-  const tmp = join(tmpDir, `${randomBytes(8).toString('hex')}.partial`);
+  const tmp = join(tmpDir, `${process.pid}-${randomBytes(8).toString('hex')}.partial`);
   const hasher = await MultiHasher.create();
   let seen = 0;
   const TOO_BIG = Symbol('too big');
@@ -162,6 +178,7 @@ async function commit(info: ObjectInfo, tmp: string, h: ObjectHashes, cacheDir: 
  * while being read, the new version is read once; if it changes again, this fails.
  */
 export async function fetchObject(source: ObjectSource, info: ObjectInfo, cacheDir: string, opts: FetchOptions = {}): Promise<CachedObject> {
+  await sweepTmp(dirs(cacheDir).tmp);
   const cached = await reuse(info, cacheDir, opts.rehash ?? false);
   if (cached) return cached;
   const d = dirs(cacheDir);
