@@ -1,12 +1,16 @@
 import { stat, statfs } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { OciError } from '../oci/errors.ts';
+import { isNoSpace } from '../util/errors.ts';
+import { human } from '../util/units.ts';
 
 export interface SpaceNeed {
   /** Where bytes will be written (a directory that exists or will be created under an existing one). */
   dir: string;
   bytes: number;
   what: string;
+  /** The option that moves this need elsewhere, for the advice (e.g. --cache-dir). */
+  flag?: string;
 }
 
 async function existingAncestor(dir: string): Promise<string> {
@@ -23,29 +27,51 @@ async function existingAncestor(dir: string): Promise<string> {
   }
 }
 
-const gib = (n: number) => `${(n / 2 ** 30).toFixed(2)} GiB`;
+const freeBytes = async (dir: string): Promise<number> => {
+  const fs = await statfs(dir);
+  return fs.bavail * fs.bsize;
+};
+
+const choose = (flags: string[]) => `choose another ${flags.length ? [...new Set(flags)].join('/') : 'location'}`;
 
 /**
  * Fails early when a file system lacks room for what is about to be written; needs on the same
  * file system add up. 1 % slack covers tar headers and metadata.
  */
 export async function checkSpace(needs: SpaceNeed[]): Promise<void> {
-  const byDevice = new Map<number, { dir: string; bytes: number; what: string[] }>();
+  const byDevice = new Map<number, { dir: string; bytes: number; what: string[]; flags: string[] }>();
   for (const n of needs) {
     if (n.bytes <= 0) continue;
     const dir = await existingAncestor(n.dir);
     const dev = (await stat(dir)).dev;
-    const cur = byDevice.get(dev) ?? { dir, bytes: 0, what: [] };
+    const cur = byDevice.get(dev) ?? { dir, bytes: 0, what: [], flags: [] };
     cur.bytes += n.bytes;
-    cur.what.push(`${n.what} ${gib(n.bytes)}`);
+    cur.what.push(`${n.what} ${human(n.bytes)}`);
+    if (n.flag) cur.flags.push(n.flag);
     byDevice.set(dev, cur);
   }
-  for (const { dir, bytes, what } of byDevice.values()) {
-    const fs = await statfs(dir);
-    const free = fs.bavail * fs.bsize;
+  for (const { dir, bytes, what, flags } of byDevice.values()) {
+    const free = await freeBytes(dir);
     const want = Math.ceil(bytes * 1.01);
     if (free < want) {
-      throw new OciError('TOO_LARGE', `not enough space on the file system of ${dir}: ${gib(want)} needed (${what.join(', ')}), ${gib(free)} free; free some space or choose another --cache-dir/--output`);
+      throw new OciError('TOO_LARGE', `not enough space on the file system of ${dir}: ${human(want)} needed (${what.join(', ')}), ${human(free)} free; free some space or ${choose(flags)}`);
     }
   }
+}
+
+/**
+ * The space ran out after the pre-flight check (another writer, a quota, a wrong estimate): one
+ * line naming the file system, what was being written, the figures and what to do. Other errors
+ * pass through unchanged.
+ */
+export async function explainNoSpace(err: unknown, o: { dir: string; doing: string; flag: string; needed?: number }): Promise<unknown> {
+  if (!isNoSpace(err)) return err;
+  const dir = await existingAncestor(o.dir);
+  const free = await freeBytes(dir).catch(() => undefined);
+  const figures = [o.needed !== undefined ? `about ${human(o.needed)} needed` : '', free !== undefined ? `${human(free)} free` : ''].filter(Boolean).join(', ');
+  return new OciError(
+    'TOO_LARGE',
+    `no space left on the file system of ${dir} while ${o.doing}${figures ? ` (${figures})` : ''}; free some space or ${choose([o.flag])}, then run again (finished downloads are kept)`,
+    { cause: err },
+  );
 }

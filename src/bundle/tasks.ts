@@ -13,7 +13,7 @@ import { syncPrefix } from '../objects/cache.ts';
 import type { CachedObject, ObjectInfo, ObjectSource } from '../objects/types.ts';
 import { fetchImages, imageEntries, planImages, shortName, type ImageSpec, type PlannedImage, SourceRegistries } from './images.ts';
 import type { BundleArtifact, BundleManifest } from './manifest.ts';
-import { checkSpace } from './plan.ts';
+import { checkSpace, explainNoSpace } from './plan.ts';
 import { selectImages, type LoadedRecipe } from './recipe.ts';
 import { resolveRelease, type ResolvedRelease } from './release.ts';
 import { fileEntry, writeBundle, type EntrySource, type WriteBundleResult } from './writer.ts';
@@ -42,8 +42,13 @@ export interface BundleContext {
   planned?: PlannedImage[];
   objects?: ObjectInfo[];
   cached?: CachedObject[];
+  /** Bytes downloaded by this run (what was cached already is not counted). */
+  releaseBytesFetched: number;
   imageBytesFetched: number;
   objectBytesFetched: number;
+  /** From the plan: image bytes not in the cache yet, and the bundle's size (each blob once). */
+  imageBytesMissing?: number;
+  bundleBytes?: number;
   result?: WriteBundleResult;
 }
 
@@ -68,7 +73,11 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
     {
       title: 'Resolve the release and check it against SHA256SUMS',
       task: async (ctx, task) => {
-        ctx.release = await resolveRelease(o.gcs, recipe, o.release, o.cacheDir, o.releaseTag ? { releaseTag: o.releaseTag } : {});
+        ctx.release = await resolveRelease(o.gcs, recipe, o.release, o.cacheDir, o.releaseTag ? { releaseTag: o.releaseTag } : {}).catch(async (err: unknown) => {
+          throw await explainNoSpace(err, { dir: o.cacheDir, doing: 'fetching the release into the cache', flag: '--cache-dir' });
+        });
+        const r = ctx.release;
+        ctx.releaseBytesFetched = [r.archive, r.sums, ...(r.versionFile ? [r.versionFile] : [])].reduce((n, x) => n + (x.fetched ? x.size : 0), 0);
         task.title = `Release ${ctx.release.version} (tag ${ctx.release.tag}) checked against SHA256SUMS`;
       },
     },
@@ -91,21 +100,26 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
         }
         const cache = await LayoutDirectory.open(imagesDir);
         let missing = 0;
+        // The bundle's layout holds each blob once, however many images share it.
+        let distinct = 0;
         const seen = new Set<string>();
         for (const p of ctx.planned) {
           for (const d of [...p.graph.manifests, ...p.graph.blobs]) {
             if (seen.has(d.digest)) continue;
             seen.add(d.digest);
+            distinct += d.size;
             if (!(await cache.hasBlob(d))) missing += d.size;
           }
         }
         const objectBytes = ctx.objects.reduce((n, x) => n + x.size, 0);
         const imageBytes = ctx.planned.reduce((n, p) => n + p.graph.size, 0);
-        const bundleBytes = imageBytes + objectBytes + ctx.release!.archive.size;
+        const bundleBytes = distinct + objectBytes + ctx.release!.archive.size;
+        ctx.imageBytesMissing = missing;
+        ctx.bundleBytes = bundleBytes;
         // Objects already cached are not known until fetched; count them all (the cache dedupes).
         await checkSpace([
-          { dir: o.cacheDir, bytes: missing + objectBytes, what: 'cache' },
-          { dir: dirname(o.output), bytes: bundleBytes, what: 'bundle' },
+          { dir: o.cacheDir, bytes: missing + objectBytes, what: 'cache', flag: '--cache-dir' },
+          { dir: dirname(o.output), bytes: bundleBytes, what: 'bundle', flag: '--output' },
         ]);
         task.title = `${ctx.planned.length} images (${mib(imageBytes)}, ${mib(missing)} to fetch), ${ctx.objects.length} artifacts (${mib(objectBytes)})`;
       },
@@ -118,14 +132,20 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
         const total = ctx.planned!.reduce((n, p) => n + p.graph.size, 0);
         const show = meter(task, total);
         let done = 0;
+        let fetched = 0;
         try {
           const results = await fetchImages(ctx.planned!, cache, {
             concurrency: o.concurrency,
             onEvent: (_name, e) => {
-              if (e.type === 'blob-done') show((done += e.size));
+              if (e.type === 'blob-done') {
+                fetched += e.bytesTransferred;
+                show((done += e.size));
+              }
             },
           });
           ctx.imageBytesFetched = results.reduce((n, r) => n + r.bytesTransferred, 0);
+        } catch (err) {
+          throw await explainNoSpace(err, { dir: imagesDir, doing: 'fetching the images into the cache', flag: '--cache-dir', needed: Math.max(0, (ctx.imageBytesMissing ?? 0) - fetched) });
         } finally {
           await cache.close();
         }
@@ -145,6 +165,8 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
             if (c.fetched) ctx.objectBytesFetched += c.size;
             show((done += c.size));
           },
+        }).catch(async (err: unknown) => {
+          throw await explainNoSpace(err, { dir: o.cacheDir, doing: 'fetching the customer artifacts into the cache', flag: '--cache-dir', needed: Math.max(0, total - done) });
         });
         task.title = `${ctx.cached.length} artifacts fetched and verified (${mib(ctx.objectBytesFetched)} transferred)`;
       },
@@ -153,7 +175,9 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
       title: 'Write the bundle',
       task: async (ctx, task) => {
         let show: ((done: number) => void) | undefined;
-        ctx.result = await writeOut(o, ctx, (done, total) => (show ??= meter(task, total))(done));
+        ctx.result = await writeOut(o, ctx, (done, total) => (show ??= meter(task, total))(done)).catch(async (err: unknown) => {
+          throw await explainNoSpace(err, { dir: dirname(o.output), doing: `writing ${o.output}`, flag: '--output', ...(ctx.bundleBytes !== undefined ? { needed: ctx.bundleBytes } : {}) });
+        });
         task.title = `Wrote ${o.output} (${mib(ctx.result.size)}, sha256 ${ctx.result.sha256})`;
       },
     },

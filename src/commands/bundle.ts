@@ -102,7 +102,7 @@ export default class Bundle extends AirgapCommand {
       listrOptions(flags.json) as never,
     );
     try {
-      const ctx = await tasks.run({ imageBytesFetched: 0, objectBytesFetched: 0 });
+      const ctx = await tasks.run({ releaseBytesFetched: 0, imageBytesFetched: 0, objectBytesFetched: 0 });
       const r = ctx.result!;
       const summary = {
         path: r.path,
@@ -112,7 +112,7 @@ export default class Bundle extends AirgapCommand {
         release: { version: r.manifest.release.version, tag: r.manifest.release.tag },
         images: r.manifest.images.map((i) => ({ name: i.name, tag: i.tag, digest: i.digest })),
         artifacts: { count: r.manifest.artifacts.length, bytes: r.manifest.artifacts.reduce((n, a) => n + a.size, 0) },
-        transferred: { images: ctx.imageBytesFetched, artifacts: ctx.objectBytesFetched },
+        transferred: { release: ctx.releaseBytesFetched, images: ctx.imageBytesFetched, artifacts: ctx.objectBytesFetched },
       };
       if (flags.json) process.stdout.write(`${JSON.stringify(summary)}\n`);
       else this.log(`${r.path}  sha256 ${r.sha256}  ${r.size} bytes${signingKey ? '' : '  (UNSIGNED)'}`);

@@ -3,6 +3,7 @@ import { Args, Flags } from '@oclif/core';
 import { AirgapCommand } from '../base-command.ts';
 import type { BundleArtifact, BundleImage } from '../bundle/manifest.ts';
 import { openBundle } from '../bundle/reader.ts';
+import { human } from '../util/units.ts';
 
 /**
  * The recipe's customer prefixes (bundles/cartesia.yaml): artifacts are grouped by them, anything
@@ -45,18 +46,6 @@ function groupArtifacts(artifacts: readonly BundleArtifact[]): InspectOutput['ar
     groups.set(id, g);
   }
   return [...groups.values()].sort((x, y) => (x.bucket === y.bucket ? (x.prefix < y.prefix ? -1 : 1) : x.bucket < y.bucket ? -1 : 1));
-}
-
-/** Bytes with a binary unit, for people; --json keeps exact numbers. */
-function human(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let i = 0;
-  let v = n;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return i === 0 ? `${n} B` : `${v.toFixed(1)} ${units[i]}`;
 }
 
 function table(rows: string[][]): string[] {

@@ -138,6 +138,10 @@ export default class Install extends AirgapCommand {
         : undefined,
       images: ctx.pushed?.map((p) => ({ repository: `${target.host}/${p.repository}`, tag: p.tag, digest: p.digest, blobsUploaded: p.result.blobs.uploaded })),
       artifacts: ctx.uploaded ? { uploaded: ctx.uploaded.filter((u) => u.how === 'uploaded').length, skipped: ctx.uploaded.filter((u) => u.how === 'skipped').length } : undefined,
+      // Bytes this run sent (blobs and objects already in place are not counted), like bundle's.
+      transferred: flags['dry-run']
+        ? undefined
+        : { images: (ctx.pushed ?? []).reduce((n, p) => n + p.result.bytesTransferred, 0), artifacts: (ctx.uploaded ?? []).reduce((n, u) => n + (u.how === 'uploaded' ? u.size : 0), 0) },
       values: flags['dry-run'] ? undefined : valuesOut,
       receipt: flags['dry-run'] ? undefined : receiptOut,
     };

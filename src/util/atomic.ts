@@ -22,9 +22,13 @@ export async function writeFileAtomic(
   try {
     await fh.writeFile(data);
     await fh.sync();
-  } finally {
-    await fh.close();
+  } catch (err) {
+    // A failed write (a full disk) must not leave the temp file behind, taking the space.
+    await fh.close().catch(() => {});
+    await rm(tmp, { force: true });
+    throw err;
   }
+  await fh.close();
   try {
     if (opts.exclusive) {
       // link() fails with EEXIST instead of replacing: no window where an existing key is lost.

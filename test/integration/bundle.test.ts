@@ -21,7 +21,7 @@ interface Summary {
   size: number;
   images: { name: string; tag: string; digest: string }[];
   artifacts: { count: number; bytes: number };
-  transferred: { images: number; artifacts: number };
+  transferred: { release: number; images: number; artifacts: number };
 }
 
 async function bundle(out: string, extra: string[]): Promise<{ r: CliResult; summary?: Summary }> {
@@ -75,7 +75,7 @@ describe('bundle: the synthetic release, checked by independent tools', () => {
     expect(summary!.transferred.images).toBeGreaterThan(0);
     const warm = await bundle(join(work, 'three.tar'), ['--customer', fixture.customer, '--signing-key', join(keys, 'bundle.key'), '--cache-dir', join(work, 'cache2'), '--json']);
     expect(warm.r.code, warm.r.stderr).toBe(0);
-    expect(warm.summary!.transferred).toEqual({ images: 0, artifacts: 0 });
+    expect(warm.summary!.transferred).toEqual({ release: 0, images: 0, artifacts: 0 });
     expect(warm.summary!.sha256).toBe(first.sha256);
   });
 

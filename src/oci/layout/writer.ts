@@ -5,6 +5,8 @@ import { join } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { writeFileAtomic } from '../../util/atomic.ts';
+import { isNoSpace } from '../../util/errors.ts';
+import { isAlive } from '../../util/process.ts';
 import { digestHex, VerifyingStream, verifyBytes } from '../digest.ts';
 import { isOciError, OciError } from '../errors.ts';
 import type { Descriptor, OnBytes, OpenBlob, PushBlobResult, WriteTarget } from '../types.ts';
@@ -16,15 +18,6 @@ import { LayoutReader } from './reader.ts';
 export const INGEST_DIR = '.cartesia-airgap-ingest';
 const LOCK_FILE = '.cartesia-airgap.lock';
 const ATTEMPTS = 3;
-
-const isAlive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-};
 
 /**
  * An OCI image layout directory (Image Spec image-layout.md) as a store: one layout for all
@@ -150,6 +143,8 @@ export class LayoutDirectory extends LayoutReader implements WriteTarget {
         await rename(partial, this.#final(desc.digest));
         return { how: 'uploaded', bytesTransferred };
       } catch (err) {
+        // A full disk stays full: no retry; the partial is valid and kept for the next run.
+        if (isNoSpace(err)) throw err;
         const resumable = err instanceof OciError ? err.retryable : true;
         // Bytes that failed verification are worthless; a broken connection's bytes are kept.
         if (!resumable) await rm(partial, { force: true });
