@@ -1,5 +1,6 @@
 import type { LoginOptions } from '../oci/auth/credentials.ts';
 import { copyGraph, type CopyEvent, type CopyResult } from '../oci/copy.ts';
+import { walkGraph } from '../oci/graph.ts';
 import type { EndpointOptions, Transport } from '../oci/http/transport.ts';
 import { LayoutReader } from '../oci/layout/reader.ts';
 import { parseReference } from '../oci/reference.ts';
@@ -59,6 +60,12 @@ export async function pushImages(
         opts.onEvent?.(image.name, e);
       },
     });
+    // Everything under this image is in `repository` now, also what an interrupted earlier run
+    // pushed (a stored manifest's subtree is skipped without events): later images mount those
+    // blobs from here instead of uploading them again.
+    for (const b of (await walkGraph(src, { mediaType: result.mediaType, digest: result.digest, size: result.size })).blobs) {
+      if (!seen.has(b.digest)) seen.set(b.digest, { registry: target.host, repository });
+    }
     pushed.push({ name: image.name, repository, tag: image.tag, digest: result.digest, result });
   }
   return pushed;
