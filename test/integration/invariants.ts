@@ -58,12 +58,15 @@ export interface LayoutState {
   partial: Map<string, number>;
   /** Every config and layer the layout's refs name (hex → size). */
   referenced: Map<string, number>;
+  /** The same per ref name (`name:tag`). */
+  byRef: Map<string, Map<string, number>>;
 }
 
 /** An OCI layout: every blob whole; every index.json ref complete; partials are prefixes of the real blob. */
 export async function checkLayout(dir: string, reference?: string): Promise<LayoutState> {
   const { problems, sizes: blobs } = await misnamed(join(dir, 'blobs', 'sha256'));
   const referenced = new Map<string, number>();
+  const byRef = new Map<string, Map<string, number>>();
   const indexText = await readFile(join(dir, 'index.json'), 'utf8').catch(() => undefined);
   if (indexText !== undefined) {
     const index = JSON.parse(indexText) as { manifests: (Desc & { annotations?: Record<string, string> })[] };
@@ -72,7 +75,11 @@ export async function checkLayout(dir: string, reference?: string): Promise<Layo
         problems.push(`${ref} points at ${d.digest}, which ${dir} does not hold whole`);
         return;
       }
-      if (!/manifest|index/.test(d.mediaType)) return void referenced.set(hexOf(d.digest), d.size);
+      if (!/manifest|index/.test(d.mediaType)) {
+        referenced.set(hexOf(d.digest), d.size);
+        byRef.set(ref, (byRef.get(ref) ?? new Map<string, number>()).set(hexOf(d.digest), d.size));
+        return;
+      }
       const doc = JSON.parse(await readFile(join(dir, 'blobs', 'sha256', hexOf(d.digest)), 'utf8')) as { manifests?: Desc[]; config?: Desc; layers?: Desc[] };
       for (const child of isIndex(d.mediaType) ? (doc.manifests ?? []) : [doc.config!, ...(doc.layers ?? [])]) await walk(child, ref);
     };
@@ -89,7 +96,7 @@ export async function checkLayout(dir: string, reference?: string): Promise<Layo
       if (whole && !whole.subarray(0, bytes.length).equals(bytes)) problems.push(`${join(ingest, n)} is not a prefix of blob ${n}`);
     }
   }
-  return { problems, blobs, partial, referenced };
+  return { problems, blobs, partial, referenced, byRef };
 }
 
 export interface ObjectCacheState {
@@ -153,7 +160,7 @@ export interface RegistryState {
  * The private registry under `prefix`: for every tag, the manifest and everything under it can be
  * fetched and hashes right, and it is the digest the bundle carries for that image.
  */
-export async function checkRegistry(prefix: string, want: Map<string, { tag: string; digest: string }>, blobs: Map<string, number>): Promise<RegistryState> {
+export async function checkRegistry(prefix: string, want: Map<string, { tag: string; digest: string; blobs: Map<string, number> }>): Promise<RegistryState> {
   const problems: string[] = [];
   const tags = new Map<string, string>();
   const present = new Set<string>();
@@ -192,7 +199,8 @@ export async function checkRegistry(prefix: string, want: Map<string, { tag: str
           await walk(repo, { mediaType: String(res.headers['content-type']), digest, size: res.body.length });
         }
       }
-      await Promise.all([...blobs.keys()].map(async (hex) => {
+      // Which of this image's blobs the repository holds: finished work a re-run must not move again.
+      await Promise.all([...(want.get(name)?.blobs.keys() ?? [])].map(async (hex) => {
         if ((await registryGet(`/v2/${repo}/blobs/sha256:${hex}`, 'HEAD')).status === 200) present.add(hex);
       }));
     }),

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -165,6 +165,17 @@ describe('fetchObject', () => {
     expect((await fetchObject(src, await stat('k'), dir)).fetched).toBe(false);
     expect(await fetchObject(src, await stat('k'), dir, { rehash: true })).toMatchObject({ fetched: true, sha256: sha256(data) });
     expect((await readFile(path)).equals(data)).toBe(true);
+  });
+
+  it('sweeps the temp files left by dead processes (kill -9 mid-download), never those of a live one', async () => {
+    const tmp = join(dir, 'objects', 'tmp');
+    await mkdir(tmp, { recursive: true });
+    const dead = `${2 ** 22 + 1}-0123456789abcdef.partial`; // above any pid_max: no such process
+    const live = `${process.ppid}-fedcba9876543210.partial`;
+    for (const n of [dead, live, 'notes.txt']) await writeFile(join(tmp, n), 'half a download');
+    src.put('k', randomBytes(100));
+    await fetchObject(src, await stat('k'), dir);
+    expect((await temps()).sort()).toEqual(['notes.txt', live].sort());
   });
 
   it('ignores a ledger that points outside the cache', async () => {
