@@ -198,7 +198,7 @@ afterAll(async () => {
     '',
     '| case | exit | error (one line) | after the failure |',
     '| --- | --- | --- | --- |',
-    ...diskRows.map((d) => `| ${d.case} | ${d.exit} | ${d.error.replaceAll(work, '$WORK').replace(/\d+(\.\d)? (B|KiB|MiB)/g, 'N $2').replaceAll('|', '\\|')} | ${d.rerun} |`),
+    ...diskRows.map((d) => `| ${d.case} | ${d.exit} | ${d.error.replaceAll(work, '$WORK').replace(/\d+(\.\d)? (B|KiB|MiB)/g, 'SIZE').replaceAll('|', '\\|')} | ${d.rerun} |`),
     '',
   ].join('\n');
   await mkdir(dirname(DOC), { recursive: true });

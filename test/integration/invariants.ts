@@ -68,8 +68,15 @@ export async function checkLayout(dir: string, reference?: string): Promise<Layo
   const referenced = new Map<string, number>();
   const byRef = new Map<string, Map<string, number>>();
   const indexText = await readFile(join(dir, 'index.json'), 'utf8').catch(() => undefined);
-  if (indexText !== undefined) {
-    const index = JSON.parse(indexText) as { manifests: (Desc & { annotations?: Record<string, string> })[] };
+  let index: { manifests: (Desc & { annotations?: Record<string, string> })[] } | undefined;
+  try {
+    index = indexText === undefined ? undefined : (JSON.parse(indexText) as typeof index);
+  } catch {
+    problems.push(`${join(dir, 'index.json')} is not whole JSON`);
+  }
+  const layoutText = await readFile(join(dir, 'oci-layout'), 'utf8').catch(() => undefined);
+  if (layoutText !== undefined && layoutText !== '{"imageLayoutVersion":"1.0.0"}\n') problems.push(`${join(dir, 'oci-layout')} is not whole`);
+  if (index) {
     const walk = async (d: Desc, ref: string): Promise<void> => {
       if (blobs.get(hexOf(d.digest)) !== d.size) {
         problems.push(`${ref} points at ${d.digest}, which ${dir} does not hold whole`);
