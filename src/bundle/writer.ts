@@ -14,7 +14,7 @@ import type { Readable } from 'node:stream';
 import { pack as tarPack, type Header as TarHeader, type Pack } from 'tar-stream';
 import { OciError, isOciError } from '../oci/errors.ts';
 import { keyFingerprint } from './keys.ts';
-import { bundleManifestSchema, entrySchema, MANIFEST_PATH, SIGNATURE_PATH, SUMS_PATH, type BundleEntry, type BundleManifest } from './manifest.ts';
+import { bundleManifestSchema, entrySchema, MANIFEST_PATH, SIGNATURE_PATH, SUMS_PATH, type AnyManifest, type BundleEntry, type BundleManifest } from './manifest.ts';
 import { signManifest } from './sign.ts';
 import { sha256sumsText } from './sums.ts';
 
@@ -47,7 +47,7 @@ export interface WriteBundleResult {
   size: number;
   /** The bundle file's sha256; for a split bundle, which has no one file, bundle.json's (every volume carries it). */
   sha256: string;
-  manifest: BundleManifest;
+  manifest: AnyManifest;
   /** A split bundle's volume files, in order. */
   volumes?: { path: string; size: number; sha256: string }[];
 }
@@ -127,7 +127,7 @@ export function checkMtime(mtime: Date): void {
 }
 
 /** bundle.json as written: the manifest's JSON, two-space indented, with a final newline. */
-export const manifestJson = (m: BundleManifest): Buffer => Buffer.from(`${JSON.stringify(m, null, 2)}\n`);
+export const manifestJson = (m: AnyManifest): Buffer => Buffer.from(`${JSON.stringify(m, null, 2)}\n`);
 
 /** A SHA256SUMS file over `entries` and its own entry record. */
 export function sumsFor(entries: readonly BundleEntry[]): { bytes: Buffer; entry: BundleEntry } {
