@@ -7,7 +7,7 @@
  * bundle.json comes first in every volume, so the layout is planned before anything is written
  * (volumes.ts) and the pieces of entries larger than a volume are hashed in a first pass.
  */
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import { rename, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Readable } from 'node:stream';
@@ -117,24 +117,35 @@ function splitManifest(base: BundleManifest, limit: number, plan: PlannedVolume[
   return parsed.data;
 }
 
-/** First pass: the sha256 of every piece, read from its entry's source. */
+/**
+ * First pass: the sha256 of every piece, read from its entry's source; the pieces of each entry
+ * (in order) must also hash to the entry's declared sha256, since only the pieces are checked
+ * again when written.
+ */
 async function hashPieces(plan: PlannedVolume[], entries: readonly EntrySource[], onHashing?: (bytes: number, total: number) => void): Promise<PieceHashes> {
   const pieces = plan.flatMap((v) => v.entries.filter((p) => p.offset !== undefined));
   const total = pieces.reduce((n, p) => n + p.size, 0);
   const out = new Map<string, string>();
+  const wholes = new Map<number, Hash>();
   let done = 0;
   for (const p of pieces) {
     const e = entries[p.entry]!;
     const offset = p.offset!;
     const hash = createHash('sha256');
+    const whole = wholes.get(p.entry) ?? wholes.set(p.entry, createHash('sha256')).get(p.entry)!;
     let n = 0;
     for await (const chunk of take(await e.open(offset), p.size)) {
       hash.update(chunk);
+      whole.update(chunk);
       n += chunk.length;
       onHashing?.((done += chunk.length), total);
     }
     if (n !== p.size) throw new OciError('SIZE_MISMATCH', `${e.path}: ended after ${offset + n} of its ${e.size} bytes; its source changed since it was listed`);
     out.set(`${p.entry}:${offset}`, hash.digest('hex'));
+    if (offset + n === e.size) {
+      const got = whole.digest('hex');
+      if (got !== e.sha256) throw new OciError('DIGEST_MISMATCH', `${e.path}: sha256 ${got}, declared ${e.sha256}; its source changed since it was listed`);
+    }
   }
   return (entry, offset) => out.get(`${entry}:${offset}`)!;
 }
