@@ -45,6 +45,27 @@ async function onlySet(dir: string): Promise<string> {
   return [...names][0]!;
 }
 
+/** The lowest-numbered volume in `dir` (of its one set), for a look at the set without opening it all. */
+export async function firstVolumeIn(dir: string): Promise<string> {
+  const name = await onlySet(dir);
+  const files = (await readdir(dir)).filter((f) => parseVolumeFile(f)?.name === name);
+  files.sort((a, b) => parseVolumeFile(a)!.number - parseVolumeFile(b)!.number);
+  return join(dir, files[0]!);
+}
+
+/** Where each volume of `t`'s set should be (beside it, by name), and whether a file is there. */
+export async function volumeFiles(t: BundleTar): Promise<{ number: number; file: string; present: boolean }[] | undefined> {
+  const parsed = parseVolumeFile(t.file);
+  if (!parsed || !isSplit(t.manifest)) return undefined;
+  const count = t.manifest.volumes.list.length;
+  const out = [];
+  for (let n = 1; n <= count; n++) {
+    const file = volumeFile(join(t.file, '..', `${parsed.name}.tar`), n, count);
+    out.push({ number: n, file, present: await stat(file).then((s) => s.isFile(), () => false) });
+  }
+  return out;
+}
+
 type Opened = { file: string; tar: BundleTar } | { file: string; error: BundleError };
 
 /** Opens every `name.volNNN.tar` in `dir`, then checks they are exactly the volumes of one bundle. */

@@ -12,6 +12,7 @@ import { rename, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Readable } from 'node:stream';
 import { OciError } from '../oci/errors.ts';
+import { CodedError } from '../util/errors.ts';
 import { MANIFEST_PATH, SIGNATURE_PATH, SPLIT_FORMAT_VERSION, splitManifestSchema, SUMS_PATH, type BundleEntry, type BundleManifest, type SplitManifest, type VolumeEntry } from './manifest.ts';
 import { signManifest } from './sign.ts';
 import { planVolumes, tarHeaderBytes, volumeFile, type PlannedVolume } from './volumes.ts';
@@ -48,7 +49,7 @@ export async function writeVolumes(opts: WriteVolumesOptions): Promise<WriteBund
   let room = roundUp(manifestJson(base).length);
   let plan: PlannedVolume[] | undefined;
   for (let round = 0; plan === undefined; round++) {
-    if (round === MAX_ROUNDS) throw new OciError('TOO_LARGE', `--split-size ${opts.limit} bytes leaves too little room next to bundle.json (${room} bytes); give a larger size`);
+    if (round === MAX_ROUNDS) throw new CodedError('BAD_USAGE', `--split-size ${opts.limit} bytes leaves too little room next to bundle.json (${room} bytes); give a larger size`);
     const candidate = planVolumes({ limit: opts.limit, entries: data, headBytes: tarHeaderBytes(MANIFEST_PATH) + room + signature });
     const need = roundUp(manifestJson(splitManifest(base, opts.limit, candidate, data, () => ZERO_HASH)).length);
     if (need <= room) plan = candidate;
