@@ -314,6 +314,39 @@ describe('reading volumes', () => {
     expect(many.manifest.entries).toEqual(one.manifest.entries.slice(1)); // no SHA256SUMS of its own
   });
 
+  it('refuses a split bundle.json whose volumes do not add up, naming the problem', async () => {
+    /** Volume 1 re-packed with its bundle.json edited (openBundle checks structure, not the signature). */
+    const edited = async (edit: (m: SplitManifest) => void): Promise<string> => {
+      const t = (await openBundle(set.files[0]!)).tars[0]!;
+      const m = JSON.parse(t.manifestBytes.toString()) as SplitManifest;
+      edit(m);
+      const p = tarPack();
+      const out = collect(p as unknown as Readable);
+      for (const e of t.index.entries) {
+        const body = e.path === 'bundle.json' ? Buffer.from(JSON.stringify(m)) : await collect(t.files.stream(e.path));
+        await new Promise<void>((resolve, reject) => p.entry({ name: e.path, size: body.length, mtime: MTIME }, body, (err) => (err ? reject(err) : resolve())));
+      }
+      p.finalize();
+      const file = fresh('edited.vol001.tar');
+      await writeFile(file, await out);
+      return file;
+    };
+    const list = (m: SplitManifest) => m.volumes.list;
+    const pieceAt = (m: SplitManifest) => list(m).flatMap((v) => v.entries).find((e) => e.piece)!;
+    const cases: [string, (m: SplitManifest) => void, RegExp][] = [
+      ['no SHA256SUMS first', (m) => list(m)[0]!.entries.reverse(), /^bundle\.json: volume 1 does not list its SHA256SUMS first$/],
+      ['an entry stored twice', (m) => list(m)[1]!.entries.push(list(m)[0]!.entries[1]!), /^bundle\.json: volume 2 lists "release\/cartesia-kube-1\.0\.0\.tar\.gz", which is stored more than once$/],
+      ['an entry stored nowhere', (m) => m.entries.push({ path: 'artifacts/x', size: 1, sha256: 'a'.repeat(64) }), /^bundle\.json: artifacts\/x is stored in none of the \d+ volumes$/],
+      ['a whole entry with another sha256', (m) => (list(m)[0]!.entries[1]!.sha256 = 'b'.repeat(64)), /^bundle\.json: volume 1 lists release\/cartesia-kube-1\.0\.0\.tar\.gz with another size or sha256 than the bundle's entries$/],
+      ['a piece at the wrong offset', (m) => (pieceAt(m).piece!.offset += 512), /^bundle\.json: volume \d+ lists the piece of images\/blobs\/sha256\/[a-f0-9]{64} at byte \d+, but the pieces before it end at byte \d+$/],
+      ['a piece named outside parts/', (m) => (pieceAt(m).path = 'images/evil'), /^bundle\.json: volume \d+ names a piece of images\/blobs\/sha256\/[a-f0-9]{64} "images\/evil"; pieces are named parts\//],
+      ['a piece of nothing listed', (m) => (pieceAt(m).piece!.of = 'images/none'), /^bundle\.json: volume \d+ lists a piece of "images\/none", which is not among the bundle's entries$/],
+      ['an entry outside the allowed names', (m) => (m.entries[0]!.path = 'SHA256SUMS'), /^bundle\.json lists "SHA256SUMS", outside the names a bundle may hold/],
+      ['a split bundle.json without volumes', (m) => delete (m as Partial<SplitManifest>).volumes, /^bundle\.json is invalid at volumes:/],
+    ];
+    for (const [what, edit, message] of cases) expect(await refusal(openBundle(await edited(edit))), what).toMatch(message);
+  });
+
   it('splits an unsigned bundle too', async () => {
     const u = await split(fresh('unsigned'), { signed: false });
     const b = await openBundleSet(u.files[0]!);
