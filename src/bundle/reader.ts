@@ -10,10 +10,9 @@
  * A volume of a split bundle is such a tar too, holding what bundle.json lists for that volume;
  * opened alone it serves the entries it holds whole (volume-set.ts opens the whole set).
  */
-import { createReadStream } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
-import { PassThrough, type Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import type { LayoutFiles } from '../oci/types.ts';
 import { isOciError } from '../oci/errors.ts';
 import { ExtentFiles, type Extent } from '../tar/extents.ts';
@@ -30,7 +29,6 @@ export const MAX_MANIFEST_BYTES = 16 << 20;
 const MAX_SIGNATURE_BYTES = 4096;
 /** GNU tar pads archives to its 20-block record; tar-stream (our writer) does not pad at all. */
 const RECORD = 10240;
-const READ_HIGH_WATER_MARK = 1 << 20;
 /** The top-level names a bundle may hold after bundle.json and its signature. */
 const ALLOWED_DIRS = ['release/', 'images/', 'artifacts/'];
 
@@ -107,7 +105,8 @@ export class OpenedBundle {
     this.manifestBytes = first.manifestBytes;
     this.signature = first.signature;
     this.tars = tars;
-    this.#files = new ExtentFiles(`tar:${file}`, wholeEntries(tars));
+    // A single-file bundle serves every tar entry, as a tar reader would.
+    this.#files = first.volume === undefined ? first.files : new ExtentFiles(`tar:${file}`, wholeEntries(tars));
   }
 
   /** The split layout, when the bundle is split into volumes. */
@@ -144,14 +143,9 @@ export class OpenedBundle {
   }
 }
 
-/**
- * Entry path → its extents. A single-file bundle serves every tar entry, as a tar reader would;
- * a split one its data entries: whole ones, and those in pieces once every piece is here.
- */
+/** A split bundle's data entries as extents of its volumes: whole ones, and those in pieces once every piece is here. */
 function wholeEntries(tars: readonly BundleTar[]): [string, Extent[]][] {
-  const first = tars[0]!;
-  if (first.volume === undefined) return first.index.entries.map((e) => [e.path, [{ file: first.file, offset: e.offset, size: e.size }]]);
-  const sizes = new Map(first.manifest.entries.map((e) => [e.path, e.size]));
+  const sizes = new Map(tars[0]!.manifest.entries.map((e) => [e.path, e.size]));
   const out = new Map<string, Extent[]>();
   const pieces = new Map<string, Extent[]>();
   for (const t of tars) {
@@ -207,7 +201,7 @@ export async function openBundleTar(file: string): Promise<BundleTar> {
   }
 
   const volume = isSplit(manifest) ? whichVolume(file, manifest, entries, next) : undefined;
-  const listing = volume === undefined ? manifest.entries : (manifest as SplitManifest).volumes.list[volume - 1]!.entries;
+  const listing = isSplit(manifest) ? manifest.volumes.list[volume! - 1]!.entries : manifest.entries;
   const listed = new Set(listing.map((e) => e.path));
   const seen = new Set<string>([MANIFEST_PATH, ...(signature === undefined ? [] : [SIGNATURE_PATH])]);
   for (let i = next; i < entries.length; i++) {
