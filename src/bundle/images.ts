@@ -91,7 +91,7 @@ const bytesEntry = (path: string, bytes: Buffer): EntrySource & { bytes: Buffer 
   size: bytes.length,
   sha256: '',
   bytes,
-  open: async () => Readable.from([bytes]),
+  open: async (offset = 0) => Readable.from([bytes.subarray(offset)]),
 });
 
 /**
@@ -126,7 +126,7 @@ export async function imageEntries(planned: PlannedImage[], cacheDir: string): P
       path: `images/blobs/sha256/${digestHex(digest)}`,
       size,
       sha256: digestHex(digest),
-      open: () => cache.files.open(`blobs/sha256/${digestHex(digest)}`, 0),
+      open: (offset = 0) => cache.files.open(`blobs/sha256/${digestHex(digest)}`, offset),
     }));
   return { images: images.sort((a, b) => (a.ref < b.ref ? -1 : 1)), entries: [...small, ...blobEntries] };
 }

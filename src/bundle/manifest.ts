@@ -1,7 +1,16 @@
 import { z } from 'zod';
 
-/** The bundle format (DESIGN.md §3): this version is written; readers refuse newer ones. */
+/** The bundle format (DESIGN.md §3) of a bundle in one tar. */
 export const BUNDLE_FORMAT_VERSION = 1;
+/**
+ * 1.1: the same content split into volumes (`bundle --split-size`). Adds `volumes`; `entries`
+ * then lists the data entries only, since there is no single SHA256SUMS (each volume carries its
+ * own). Tools that read only 1 refuse it as newer. A bundle is written with the lowest version
+ * that describes it, so a single-file bundle stays version 1, byte for byte.
+ */
+export const SPLIT_FORMAT_VERSION = 1.1;
+/** The newest format this tool reads; newer ones are refused. */
+export const READABLE_FORMAT_VERSION = SPLIT_FORMAT_VERSION;
 
 const sha256Hex = z.string().regex(/^[a-f0-9]{64}$/);
 const digest = z.string().regex(/^sha256:[a-f0-9]{64}$/);
@@ -9,6 +18,19 @@ const digest = z.string().regex(/^sha256:[a-f0-9]{64}$/);
 const entryPath = z.string().min(1).max(4096).refine((p) => !p.startsWith('/') && p.split('/').every((c) => c !== '' && c !== '.' && c !== '..') && !p.includes('\\') && !p.includes('\0'), 'not a safe relative path');
 
 export const entrySchema = z.object({ path: entryPath, size: z.number().int().nonnegative(), sha256: sha256Hex });
+
+/** A tar entry of one volume: a whole entry, the volume's SHA256SUMS, or a piece of an entry larger than a volume. */
+export const volumeEntrySchema = entrySchema.extend({
+  /** On a piece: the entry it is cut from, and the byte of that entry it starts at. */
+  piece: z.object({ of: entryPath, offset: z.number().int().nonnegative() }).optional(),
+});
+
+export const volumesSchema = z.object({
+  /** --split-size in bytes: no volume file is larger. */
+  limit: z.number().int().positive(),
+  /** Volume 1, 2, …: its tar entries after bundle.json and its signature, in tar order, its SHA256SUMS first. */
+  list: z.array(z.object({ entries: z.array(volumeEntrySchema).min(2) })).min(1),
+});
 
 export const platformSchema = z.object({ os: z.string(), architecture: z.string(), variant: z.string().optional(), digest });
 
@@ -57,10 +79,21 @@ export const bundleManifestSchema = z.object({
   entries: z.array(entrySchema),
 });
 
+/** A bundle split into volumes: `entries` lists every data entry whole, `volumes` where each is stored. */
+export const splitManifestSchema = bundleManifestSchema.extend({
+  formatVersion: z.literal(SPLIT_FORMAT_VERSION),
+  volumes: volumesSchema,
+});
+
 export type BundleManifest = z.infer<typeof bundleManifestSchema>;
+export type SplitManifest = z.infer<typeof splitManifestSchema>;
+/** What a reader may find: a single-file bundle's manifest, or a split one's. */
+export type AnyManifest = BundleManifest | SplitManifest;
 export type BundleEntry = z.infer<typeof entrySchema>;
 export type BundleImage = z.infer<typeof imageSchema>;
 export type BundleArtifact = z.infer<typeof artifactSchema>;
+export type VolumeEntry = z.infer<typeof volumeEntrySchema>;
+export type BundleVolumes = z.infer<typeof volumesSchema>;
 
 /** The fixed names of the first entries (DESIGN.md §3). */
 export const MANIFEST_PATH = 'bundle.json';

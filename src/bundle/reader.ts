@@ -6,15 +6,20 @@
  * the entries bundle.json lists, in its order, all regular files. Anything else (extra, missing,
  * reordered or duplicate entries, links, directories, unsafe paths, trailing data) is refused with
  * one line naming the first bad entry, since different tar readers could disagree about it.
+ *
+ * A volume of a split bundle is such a tar too, holding what bundle.json lists for that volume;
+ * opened alone it serves the entries it holds whole (volume-set.ts opens the whole set).
  */
-import { createReadStream } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
-import { PassThrough, type Readable } from 'node:stream';
+import { basename } from 'node:path';
+import type { Readable } from 'node:stream';
+import type { LayoutFiles } from '../oci/types.ts';
 import { isOciError } from '../oci/errors.ts';
-import { TarLayoutFiles } from '../oci/tar-files.ts';
+import { ExtentFiles, type Extent } from '../tar/extents.ts';
 import { isSafeRelativePath, readAt, scanTar, type TarEntry, type TarIndex } from '../tar/index.ts';
 import { CodedError } from '../util/errors.ts';
-import { BUNDLE_FORMAT_VERSION, bundleManifestSchema, MANIFEST_PATH, SIGNATURE_PATH, SUMS_PATH, type BundleManifest } from './manifest.ts';
+import { bundleManifestSchema, MANIFEST_PATH, READABLE_FORMAT_VERSION, SIGNATURE_PATH, SPLIT_FORMAT_VERSION, splitManifestSchema, SUMS_PATH, type AnyManifest, type SplitManifest, type VolumeEntry } from './manifest.ts';
+import { checkSplitLayout } from './volume-layout.ts';
 
 export class BundleError extends CodedError<'VERIFY' | 'IO'> {}
 
@@ -24,64 +29,143 @@ export const MAX_MANIFEST_BYTES = 16 << 20;
 const MAX_SIGNATURE_BYTES = 4096;
 /** GNU tar pads archives to its 20-block record; tar-stream (our writer) does not pad at all. */
 const RECORD = 10240;
-const READ_HIGH_WATER_MARK = 1 << 20;
 /** The top-level names a bundle may hold after bundle.json and its signature. */
 const ALLOWED_DIRS = ['release/', 'images/', 'artifacts/'];
 
 export interface EntryLocation {
-  /** Byte offset of the content in the bundle file. */
+  /** Byte offset of the content in the bundle file (for an entry in pieces, of its first piece). */
   offset: number;
   size: number;
+  /** The file holding it (a volume, for a split bundle). */
+  file: string;
 }
 
 const bad = (message: string): BundleError => new BundleError('VERIFY', message);
 const q = (p: string): string => JSON.stringify(p);
 
-export class OpenedBundle {
+export const isSplit = (m: AnyManifest): m is SplitManifest => m.formatVersion === SPLIT_FORMAT_VERSION;
+
+/** One tar of a bundle: the whole bundle, or one volume of a split bundle. */
+export class BundleTar {
   readonly file: string;
   readonly index: TarIndex;
-  readonly manifest: BundleManifest;
+  readonly manifest: AnyManifest;
   /** The exact bytes the signature covers. */
   readonly manifestBytes: Buffer;
   /** bundle.json.sig as text, or undefined for an unsigned bundle. */
   readonly signature: string | undefined;
-  readonly #entries: Map<string, TarEntry>;
+  /** What this tar holds after bundle.json and its signature, as bundle.json lists it, in tar order. */
+  readonly listing: readonly VolumeEntry[];
+  /** A volume's number (1-based); undefined for a single-file bundle. */
+  readonly volume: number | undefined;
+  /** Every tar entry, by its name in the tar. */
+  readonly files: ExtentFiles;
 
-  constructor(file: string, index: TarIndex, manifest: BundleManifest, manifestBytes: Buffer, signature: string | undefined) {
+  constructor(file: string, index: TarIndex, manifest: AnyManifest, manifestBytes: Buffer, signature: string | undefined, listing: readonly VolumeEntry[], volume: number | undefined) {
     this.file = file;
     this.index = index;
     this.manifest = manifest;
     this.manifestBytes = manifestBytes;
     this.signature = signature;
-    this.#entries = new Map(index.entries.map((e) => [e.path, e]));
+    this.listing = listing;
+    this.volume = volume;
+    this.files = new ExtentFiles(`tar:${file}`, index.entries.map((e) => [e.path, [{ file, offset: e.offset, size: e.size }]]));
   }
 
-  entry(path: string): EntryLocation | undefined {
-    const e = this.#entries.get(path);
-    return e && { offset: e.offset, size: e.size };
+  /** `NAME.vol003.tar (volume 3 of 7)`, for messages; '' for a single-file bundle. */
+  get label(): string {
+    return this.volume === undefined || !isSplit(this.manifest) ? '' : `${basename(this.file)} (volume ${this.volume} of ${this.manifest.volumes.list.length})`;
   }
 
-  /** The entry's bytes from `offset` on, read straight from the bundle file. */
-  open(path: string, offset = 0): Readable {
-    const e = this.#entries.get(path);
-    if (!e) throw bad(`${this.file} has no entry ${q(path)}`);
-    if (!Number.isSafeInteger(offset) || offset < 0 || offset > e.size) throw bad(`offset ${offset} is outside ${path} (${e.size} bytes)`);
-    if (offset === e.size) {
-      // createReadStream refuses start > end, so an empty range is a stream of its own.
-      const empty = new PassThrough();
-      empty.end();
-      return empty;
-    }
-    return createReadStream(this.file, { start: e.offset + offset, end: e.offset + e.size - 1, highWaterMark: READ_HIGH_WATER_MARK });
-  }
-
-  /** The OCI layout under `prefix` (normally `images/`), served from the same index. */
-  layoutFiles(prefix = 'images/'): TarLayoutFiles {
-    return new TarLayoutFiles(this.file, prefix, this.index);
+  extent(path: string): Extent | undefined {
+    return this.files.location(path);
   }
 }
 
+export class OpenedBundle {
+  /** The bundle file, or for a split bundle the volume or directory it was opened from. */
+  readonly file: string;
+  /** The first tar's index. */
+  readonly index: TarIndex;
+  readonly manifest: AnyManifest;
+  /** The exact bytes the signature covers. */
+  readonly manifestBytes: Buffer;
+  /** bundle.json.sig as text, or undefined for an unsigned bundle. */
+  readonly signature: string | undefined;
+  /** The tars read: the bundle file, or the volumes (all of them, or one opened alone) in order. */
+  readonly tars: readonly BundleTar[];
+  /** Every entry whose bytes are all here, as extents of the tars. */
+  readonly #files: ExtentFiles;
+
+  constructor(file: string, tars: readonly BundleTar[]) {
+    const first = tars[0]!;
+    this.file = file;
+    this.index = first.index;
+    this.manifest = first.manifest;
+    this.manifestBytes = first.manifestBytes;
+    this.signature = first.signature;
+    this.tars = tars;
+    // A single-file bundle serves every tar entry, as a tar reader would.
+    this.#files = first.volume === undefined ? first.files : new ExtentFiles(`tar:${file}`, wholeEntries(tars));
+  }
+
+  /** The split layout, when the bundle is split into volumes. */
+  get volumes(): SplitManifest['volumes'] | undefined {
+    return isSplit(this.manifest) ? this.manifest.volumes : undefined;
+  }
+
+  /** True unless this is one volume opened without the rest of its set. */
+  get complete(): boolean {
+    return this.tars.length === (this.volumes?.list.length ?? 1);
+  }
+
+  /** Bytes of every tar read. */
+  get size(): number {
+    return this.tars.reduce((n, t) => n + t.index.fileSize, 0);
+  }
+
+  entry(path: string): EntryLocation | undefined {
+    return this.#files.location(path);
+  }
+
+  /** The entry's bytes from `offset` on, read straight from the bundle file(s). */
+  open(path: string, offset = 0): Readable {
+    const size = this.#files.location(path)?.size;
+    if (size === undefined) throw bad(`${this.file} has no entry ${q(path)}`);
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset > size) throw bad(`offset ${offset} is outside ${path} (${size} bytes)`);
+    return this.#files.stream(path, offset);
+  }
+
+  /** The OCI layout under `prefix` (normally `images/`), served from the same extents. */
+  layoutFiles(prefix = 'images/'): LayoutFiles {
+    const dir = prefix === '' || prefix.endsWith('/') ? prefix : `${prefix}/`;
+    return this.#files.under(dir, `tar:${this.file}${dir === '' ? '' : `:${dir}`}`);
+  }
+}
+
+/** A split bundle's data entries as extents of its volumes: whole ones, and those in pieces once every piece is here. */
+function wholeEntries(tars: readonly BundleTar[]): [string, Extent[]][] {
+  const sizes = new Map(tars[0]!.manifest.entries.map((e) => [e.path, e.size]));
+  const out = new Map<string, Extent[]>();
+  const pieces = new Map<string, Extent[]>();
+  for (const t of tars) {
+    for (const e of t.listing.slice(1)) {
+      const x = t.extent(e.path)!;
+      if (e.piece) pieces.set(e.piece.of, [...(pieces.get(e.piece.of) ?? []), x]);
+      else out.set(e.path, [x]);
+    }
+  }
+  for (const [path, extents] of pieces) if (extents.reduce((n, x) => n + x.size, 0) === sizes.get(path)) out.set(path, extents);
+  return [...out];
+}
+
+/** Opens one tar: a single-file bundle, or one volume of a split bundle on its own. */
 export async function openBundle(file: string): Promise<OpenedBundle> {
+  return new OpenedBundle(file, [await openBundleTar(file)]);
+}
+
+/** Scans one bundle tar and checks its structure against its bundle.json. */
+export async function openBundleTar(file: string): Promise<BundleTar> {
   const st = await stat(file).catch((err: NodeJS.ErrnoException) => {
     throw new BundleError('IO', `cannot read the bundle ${file}: ${err.code ?? err.message}`, { cause: err });
   });
@@ -116,21 +200,34 @@ export async function openBundle(file: string): Promise<OpenedBundle> {
     next = 2;
   }
 
-  const listed = new Set(manifest.entries.map((e) => e.path));
+  const volume = isSplit(manifest) ? whichVolume(file, manifest, entries, next) : undefined;
+  const listing = isSplit(manifest) ? manifest.volumes.list[volume! - 1]!.entries : manifest.entries;
+  const listed = new Set(listing.map((e) => e.path));
   const seen = new Set<string>([MANIFEST_PATH, ...(signature === undefined ? [] : [SIGNATURE_PATH])]);
   for (let i = next; i < entries.length; i++) {
     const e = entries[i]!;
     checkEntry(e);
     if (seen.has(e.path)) throw bad(`${q(e.path)} appears twice in the bundle (again at byte ${e.headerOffset})`);
     seen.add(e.path);
-    const want = manifest.entries[i - next];
+    const want = listing[i - next];
     if (!listed.has(e.path)) throw bad(`the entry ${q(e.path)} at byte ${e.headerOffset} is not listed in bundle.json`);
     if (want === undefined || want.path !== e.path) throw bad(`the entry ${q(e.path)} at byte ${e.headerOffset} is out of order: bundle.json lists ${q(want?.path ?? '(nothing)')} there`);
     if (want.size !== e.size) throw bad(`${e.path} is ${e.size} bytes in the tar, but bundle.json says ${want.size}`);
   }
-  const missing = manifest.entries[entries.length - next];
+  const missing = listing[entries.length - next];
   if (missing) throw bad(`bundle.json lists ${missing.path}, but the bundle ends before it`);
-  return new OpenedBundle(file, index, manifest, manifestBytes, signature);
+  return new BundleTar(file, index, manifest, manifestBytes, signature, listing, volume);
+}
+
+/**
+ * Which volume a tar is: the one whose listing starts (after its SHA256SUMS) with the tar's first
+ * data entry. Volumes share no data entry, so at most one matches; the name is not trusted.
+ */
+function whichVolume(file: string, m: SplitManifest, entries: readonly TarEntry[], next: number): number {
+  const first = entries[next + 1]?.path;
+  const k = m.volumes.list.findIndex((v) => v.entries[1]?.path === first);
+  if (k === -1) throw bad(`${basename(file)} holds none of the ${m.volumes.list.length} volumes its bundle.json lists (its first entry after SHA256SUMS is ${q(first ?? '(nothing)')})`);
+  return k + 1;
 }
 
 /** Regular files with plain relative paths only: our writer never writes anything else. */
@@ -153,7 +250,7 @@ async function checkTrailer(file: string, index: TarIndex): Promise<void> {
   if (tail.length !== extra || tail.some((b) => b !== 0)) throw bad(`trailing data: ${where} are not zero padding`);
 }
 
-function parseManifest(bytes: Buffer): BundleManifest {
+function parseManifest(bytes: Buffer): AnyManifest {
   let doc: unknown;
   try {
     doc = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
@@ -161,19 +258,21 @@ function parseManifest(bytes: Buffer): BundleManifest {
     throw bad('bundle.json is not valid UTF-8 JSON (damaged or changed)');
   }
   const version = (doc as { formatVersion?: unknown } | null)?.formatVersion;
-  if (typeof version === 'number' && version > BUNDLE_FORMAT_VERSION) {
-    throw bad(`this bundle needs a newer cartesia-airgap: its format version is ${version}, this tool reads ${BUNDLE_FORMAT_VERSION}`);
+  if (typeof version === 'number' && version > READABLE_FORMAT_VERSION) {
+    throw bad(`this bundle needs a newer cartesia-airgap: its format version is ${version}, this tool reads up to ${READABLE_FORMAT_VERSION}`);
   }
-  const parsed = bundleManifestSchema.safeParse(doc);
+  const parsed = (version === SPLIT_FORMAT_VERSION ? splitManifestSchema : bundleManifestSchema).safeParse(doc);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
     throw bad(`bundle.json is invalid at ${issue?.path.join('.') || '(top)'}: ${issue?.message ?? 'invalid'}`);
   }
   const m = parsed.data;
-  if (m.entries[0]?.path !== SUMS_PATH) throw bad(`bundle.json lists ${q(m.entries[0]?.path ?? '(nothing)')} first; a bundle's first listed entry is SHA256SUMS`);
+  // A split bundle lists its data entries only; each volume's listing starts with its own SHA256SUMS.
+  const split = isSplit(m);
+  if (!split && m.entries[0]?.path !== SUMS_PATH) throw bad(`bundle.json lists ${q(m.entries[0]?.path ?? '(nothing)')} first; a bundle's first listed entry is SHA256SUMS`);
   const paths = new Set<string>();
   for (const [i, e] of m.entries.entries()) {
-    if (i > 0 && !ALLOWED_DIRS.some((d) => e.path.startsWith(d))) throw bad(`bundle.json lists ${q(e.path)}, outside the names a bundle may hold (SHA256SUMS, release/, images/, artifacts/)`);
+    if ((split || i > 0) && !ALLOWED_DIRS.some((d) => e.path.startsWith(d))) throw bad(`bundle.json lists ${q(e.path)}, outside the names a bundle may hold (SHA256SUMS, release/, images/, artifacts/)`);
     if (paths.has(e.path)) throw bad(`bundle.json lists ${e.path} twice`);
     paths.add(e.path);
   }
@@ -182,6 +281,10 @@ function parseManifest(bytes: Buffer): BundleManifest {
     for (let at = p.indexOf('/'); at !== -1; at = p.indexOf('/', at + 1)) {
       if (paths.has(p.slice(0, at))) throw bad(`bundle.json lists ${p.slice(0, at)} as a file and ${p} under it`);
     }
+  }
+  if (split) {
+    const problem = checkSplitLayout(m);
+    if (problem) throw bad(`bundle.json: ${problem}`);
   }
   return m;
 }

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
-import { mkdir, stat } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { mkdir, readdir, stat } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import type { KeyObject } from 'node:crypto';
 import type { ListrTask } from 'listr2';
 import { OciError } from '../oci/errors.ts';
@@ -16,6 +16,8 @@ import type { BundleArtifact, BundleManifest } from './manifest.ts';
 import { checkSpace, explainNoSpace } from './plan.ts';
 import { selectImages, type LoadedRecipe } from './recipe.ts';
 import { resolveRelease, type ResolvedRelease } from './release.ts';
+import { writeVolumes } from './volume-writer.ts';
+import { parseVolumeFile } from './volumes.ts';
 import { fileEntry, writeBundle, type EntrySource, type WriteBundleResult } from './writer.ts';
 
 export interface BundleOptions {
@@ -32,6 +34,8 @@ export interface BundleOptions {
   customer?: { name?: string; bucket: string };
   cacheDir: string;
   output: string;
+  /** Split into volumes of at most this many bytes (--split-size). */
+  splitSize?: number;
   signingKey?: KeyObject;
   concurrency: number;
   toolVersion: string;
@@ -55,13 +59,13 @@ export interface BundleContext {
 const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
 
 /** Progress text: bytes, rate and time left, throttled. */
-function meter(task: { output?: string }, total: number) {
+function meter(task: { output?: string }, total: number, what = '') {
   const started = Date.now();
   const show = throttledOutput(task);
   return (done: number) => {
     const rate = done / Math.max((Date.now() - started) / 1000, 0.001);
     const eta = rate > 0 ? Math.max(0, (total - done) / rate) : 0;
-    show(`${mib(done)} of ${mib(total)}, ${mib(rate)}/s, ${Math.round(eta)} s left`, done >= total);
+    show(`${what}${mib(done)} of ${mib(total)}, ${mib(rate)}/s, ${Math.round(eta)} s left`, done >= total);
   };
 }
 
@@ -175,10 +179,14 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
       title: 'Write the bundle',
       task: async (ctx, task) => {
         let show: ((done: number) => void) | undefined;
-        ctx.result = await writeOut(o, ctx, (done, total) => (show ??= meter(task, total))(done)).catch(async (err: unknown) => {
+        let hashing: ((done: number) => void) | undefined;
+        ctx.result = await writeOut(o, ctx, (done, total) => (show ??= meter(task, total))(done), (done, total) => (hashing ??= meter(task, total, 'hashing the pieces of entries larger than a volume: '))(done)).catch(async (err: unknown) => {
           throw await explainNoSpace(err, { dir: dirname(o.output), doing: `writing ${o.output}`, flag: '--output', ...(ctx.bundleBytes !== undefined ? { needed: ctx.bundleBytes } : {}) });
         });
-        task.title = `Wrote ${o.output} (${mib(ctx.result.size)}, sha256 ${ctx.result.sha256})`;
+        const v = ctx.result.volumes;
+        task.title = v
+          ? `Wrote ${v.length} volumes ${basename(v[0]!.path)} … ${basename(v.at(-1)!.path)} (${mib(ctx.result.size)}, each at most ${o.splitSize} bytes)`
+          : `Wrote ${o.output} (${mib(ctx.result.size)}, sha256 ${ctx.result.sha256})`;
       },
     },
   ];
@@ -191,7 +199,7 @@ export function bundleDate(release: ResolvedRelease): Date {
   return release.date;
 }
 
-async function writeOut(o: BundleOptions, ctx: BundleContext, progress: (done: number, total: number) => void): Promise<WriteBundleResult> {
+async function writeOut(o: BundleOptions, ctx: BundleContext, progress: (done: number, total: number) => void, hashing: (done: number, total: number) => void): Promise<WriteBundleResult> {
   const release = ctx.release!;
   const releaseEntries: EntrySource[] = [
     fileEntry(`release/${release.archiveName}`, release.archive.path, release.archive.size, release.archive.sha256),
@@ -223,23 +231,22 @@ async function writeOut(o: BundleOptions, ctx: BundleContext, progress: (done: n
     artifacts,
   };
   const total = entries.reduce((n, e) => n + e.size, 0);
-  const sizes = new Map(entries.map((e) => [e.path, e.size]));
-  let finished = 0;
-  let lastPath = '';
-  return writeBundle({
+  // Bytes written per tar entry (a volume's pieces count as entries of their own), summed.
+  const written = new Map<string, number>();
+  let done = 0;
+  const opts = {
     output: o.output,
     manifest,
     entries,
     ...(o.signingKey ? { signingKey: o.signingKey } : {}),
     mtime,
-    onBytes: (path, bytes) => {
-      if (path !== lastPath) {
-        finished += sizes.get(lastPath) ?? 0;
-        lastPath = path;
-      }
-      progress(finished + bytes, total);
+    onBytes: (path: string, bytes: number) => {
+      done += bytes - (written.get(path) ?? 0);
+      written.set(path, bytes);
+      progress(done, total);
     },
-  });
+  };
+  return o.splitSize === undefined ? writeBundle(opts) : writeVolumes({ ...opts, limit: o.splitSize, onHashing: hashing });
 }
 
 /** The tool's own version, for bundle.json. */
@@ -248,8 +255,13 @@ export function toolVersion(): string {
   return pkg.version;
 }
 
-export async function refuseExisting(output: string): Promise<void> {
-  if (await stat(output).then(() => true, () => false)) {
+export async function refuseExisting(output: string, split = false): Promise<void> {
+  if (!split && (await stat(output).then(() => true, () => false))) {
     throw new OciError('BUSY', `${output} already exists; choose another --output or move the old bundle away`);
   }
+  if (!split) return;
+  // Any volume of that name, whatever the count: a new set must not mix with an old one.
+  const name = basename(output).replace(/\.tar$/, '');
+  const old = (await readdir(dirname(output)).catch(() => [])).filter((f) => parseVolumeFile(f)?.name === name).sort();
+  if (old.length > 0) throw new OciError('BUSY', `${join(dirname(output), old[0]!)} already exists; choose another --output or move the old volumes away`);
 }

@@ -2,13 +2,17 @@
  * Verifies an opened bundle (DESIGN.md §3): the signature of bundle.json first, since nothing
  * else in it means anything until then; then what bundle.json promises against what the tar
  * holds; then every listed entry hashed as it streams from the file by offset.
+ *
+ * A split bundle is checked volume by volume, each tar entry (pieces included) against the sha256
+ * bundle.json lists for it; with the whole set, the pieces of an entry are also hashed together as
+ * one. A volume opened alone is checked just as far as it goes.
  */
-import { createHash, type KeyObject } from 'node:crypto';
+import { createHash, type Hash, type KeyObject } from 'node:crypto';
 import { REF_NAME, parseIndexJson } from '../oci/layout/index-json.ts';
 import { isOciError } from '../oci/errors.ts';
 import { keyFingerprint } from './keys.ts';
 import { SIGNATURE_PATH } from './manifest.ts';
-import { BundleError, type OpenedBundle } from './reader.ts';
+import { BundleError, type BundleTar, type OpenedBundle } from './reader.ts';
 import { verifyManifest } from './sign.ts';
 
 export interface VerifyOptions {
@@ -21,9 +25,11 @@ export interface VerifyOptions {
 export interface VerifyResult {
   /** The verified signer's key; without a public key, what bundle.json claims (or null). */
   fingerprint: string | null;
-  /** Entries whose size and sha256 were checked against bundle.json (SHA256SUMS and the data). */
+  /** Tar entries whose size and sha256 were checked against bundle.json (SHA256SUMS and the data). */
   entries: number;
   bytes: number;
+  /** A split bundle: its number of volumes, and those checked (all, or the one opened alone). */
+  volumes?: { count: number; checked: number[] };
 }
 
 const bad = (message: string): BundleError => new BundleError('VERIFY', message);
@@ -33,12 +39,27 @@ export async function verifyBundle(b: OpenedBundle, opts: VerifyOptions = {}): P
   const fingerprint = opts.publicKey ? checkSignature(b, opts.publicKey) : (b.manifest.signer?.fingerprint ?? null);
   checkPromises(b);
   let bytes = 0;
-  for (const e of b.manifest.entries) {
-    await hashEntry(b, e.path, e.size, e.sha256, opts.onEntry);
-    bytes += e.size;
+  let entries = 0;
+  const sizes = new Map(b.manifest.entries.map((e) => [e.path, e]));
+  /** Running hashes of entries in pieces, fed piece by piece in volume order. */
+  const joined = new Map<string, Hash>();
+  for (const t of b.tars) {
+    const where = t.label ? `${t.label}: ` : '';
+    for (const e of t.listing) {
+      const whole = e.piece && b.complete ? sizes.get(e.piece.of) : undefined;
+      const join = whole && (joined.get(whole.path) ?? joined.set(whole.path, createHash('sha256')).get(whole.path)!);
+      await hashEntry(t, e.path, e.size, e.sha256, where, opts.onEntry, join);
+      if (whole && join && e.piece!.offset + e.size === whole.size) {
+        const got = join.digest('hex');
+        if (got !== whole.sha256) throw bad(`bundle.json contradicts itself: the pieces of ${whole.path} verify one by one but join to sha256 ${got}, not the ${whole.sha256} it lists`);
+      }
+      bytes += e.size;
+      entries++;
+    }
   }
-  await checkImageIndex(b);
-  return { fingerprint, entries: b.manifest.entries.length, bytes };
+  if (b.complete) await checkImageIndex(b);
+  const count = b.volumes?.list.length;
+  return { fingerprint, entries, bytes, ...(count ? { volumes: { count, checked: b.tars.map((t) => t.volume!) } } : {}) };
 }
 
 /** Returns the key's fingerprint once bundle.json is proven to be signed by it. */
@@ -73,27 +94,31 @@ function checkPromises(b: OpenedBundle): void {
   }
 }
 
-/** Streams one entry from its offset; never holds more than one read in memory. */
-async function hashEntry(b: OpenedBundle, path: string, size: number, sha256: string, onEntry: VerifyOptions['onEntry']): Promise<void> {
+/**
+ * Streams one tar entry from its offset; never holds more than one read in memory. `join` also
+ * gets the bytes, for an entry in pieces. `where` names the volume in messages.
+ */
+async function hashEntry(t: BundleTar, path: string, size: number, sha256: string, where: string, onEntry: VerifyOptions['onEntry'], join?: Hash): Promise<void> {
   const hash = createHash('sha256');
   let n = 0;
   onEntry?.(path, 0, size);
-  const stream = b.open(path);
+  const stream = t.files.stream(path);
   try {
     for await (const chunk of stream as AsyncIterable<Buffer>) {
       n += chunk.length;
       hash.update(chunk);
+      join?.update(chunk);
       onEntry?.(path, n, size);
     }
   } catch (err) {
-    throw new BundleError('IO', `reading ${path} from ${b.file} failed: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
+    throw new BundleError('IO', `reading ${path} from ${t.file} failed: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
   } finally {
     stream.destroy();
   }
   // The stream stops at the entry's end, so fewer bytes means the file shrank after the scan.
-  if (n !== size) throw bad(`${path}: only ${n} of its ${size} bytes could be read (the bundle file was truncated or changed)`);
+  if (n !== size) throw bad(`${where}${path}: only ${n} of its ${size} bytes could be read (the bundle file was truncated or changed)`);
   const got = hash.digest('hex');
-  if (got !== sha256) throw bad(`${path} is damaged or changed: its sha256 is ${got}, bundle.json says ${sha256}`);
+  if (got !== sha256) throw bad(`${where}${path} is damaged or changed: its sha256 is ${got}, bundle.json says ${sha256}`);
 }
 
 /** Each image must be in images/index.json under its ref with its digest, or the installer cannot find it. */

@@ -14,7 +14,7 @@ import type { Readable } from 'node:stream';
 import { pack as tarPack, type Header as TarHeader, type Pack } from 'tar-stream';
 import { OciError, isOciError } from '../oci/errors.ts';
 import { keyFingerprint } from './keys.ts';
-import { bundleManifestSchema, entrySchema, MANIFEST_PATH, SIGNATURE_PATH, SUMS_PATH, type BundleEntry, type BundleManifest } from './manifest.ts';
+import { bundleManifestSchema, entrySchema, MANIFEST_PATH, SIGNATURE_PATH, SUMS_PATH, type AnyManifest, type BundleEntry, type BundleManifest } from './manifest.ts';
 import { signManifest } from './sign.ts';
 import { sha256sumsText } from './sums.ts';
 
@@ -22,7 +22,8 @@ export interface EntrySource {
   path: string;
   size: number;
   sha256: string;
-  open(): Promise<Readable>;
+  /** The bytes from `offset` (default 0) to the end: a piece of an entry split across volumes starts mid-entry. */
+  open(offset?: number): Promise<Readable>;
 }
 
 export interface WriteBundleOptions {
@@ -40,10 +41,15 @@ export interface WriteBundleOptions {
 }
 
 export interface WriteBundleResult {
+  /** The bundle file; for a split bundle, its first volume. */
   path: string;
+  /** Bytes written (all volumes together). */
   size: number;
+  /** The bundle file's sha256; for a split bundle, which has no one file, bundle.json's (every volume carries it). */
   sha256: string;
-  manifest: BundleManifest;
+  manifest: AnyManifest;
+  /** A split bundle's volume files, in order. */
+  volumes?: { path: string; size: number; sha256: string }[];
 }
 
 /** Read size for entry files: big enough that per-chunk overhead vanishes on multi-GiB layers. */
@@ -51,7 +57,7 @@ export const ENTRY_HIGH_WATER_MARK = 1 << 20;
 
 /** An entry backed by a local file whose size and sha256 are already known. */
 export function fileEntry(path: string, file: string, size: number, sha256: string): EntrySource {
-  return { path, size, sha256, open: async () => createReadStream(file, { highWaterMark: ENTRY_HIGH_WATER_MARK }) };
+  return { path, size, sha256, open: async (offset = 0) => createReadStream(file, { start: offset, highWaterMark: ENTRY_HIGH_WATER_MARK }) };
 }
 
 /** tar-stream's per-entry writer (a streamx Writable). */
@@ -59,7 +65,7 @@ type Sink = ReturnType<Pack['entry']>;
 
 const RESERVED = new Set([MANIFEST_PATH, SIGNATURE_PATH, SUMS_PATH]);
 
-function checkEntries(entries: readonly EntrySource[]): void {
+export function checkEntries(entries: readonly EntrySource[]): void {
   const seen = new Set<string>();
   for (const e of entries) {
     const ok = entrySchema.safeParse({ path: e.path, size: e.size, sha256: e.sha256 });
@@ -79,7 +85,7 @@ function checkEntries(entries: readonly EntrySource[]): void {
 }
 
 /** The manifest the bundle will carry: schema key order (zod builds its output in shape order), validated. */
-function buildManifest(opts: WriteBundleOptions, entries: BundleEntry[]): BundleManifest {
+export function buildManifest(opts: WriteBundleOptions, entries: BundleEntry[]): BundleManifest {
   const draft = { ...opts.manifest, signer: opts.signingKey ? { algorithm: 'ecdsa-p256-sha256', fingerprint: keyFingerprint(opts.signingKey) } : null, entries };
   const parsed = bundleManifestSchema.safeParse(draft);
   if (!parsed.success) {
@@ -114,21 +120,58 @@ async function openPartial(file: string): Promise<FileHandle> {
   }
 }
 
+/** tar-stream truncates mtime to a 32-bit int; refuse what it would mangle. */
+export function checkMtime(mtime: Date): void {
+  const seconds = mtime.getTime() / 1000;
+  if (!Number.isFinite(seconds) || seconds < 0 || seconds >= 2 ** 31) throw new OciError('LAYOUT', `bundle mtime ${String(mtime)} is out of range`);
+}
+
+/** bundle.json as written: the manifest's JSON, two-space indented, with a final newline. */
+export const manifestJson = (m: AnyManifest): Buffer => Buffer.from(`${JSON.stringify(m, null, 2)}\n`);
+
+/** A SHA256SUMS file over `entries` and its own entry record. */
+export function sumsFor(entries: readonly BundleEntry[]): { bytes: Buffer; entry: BundleEntry } {
+  const bytes = Buffer.from(sha256sumsText(entries));
+  return { bytes, entry: { path: SUMS_PATH, size: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex') } };
+}
+
 export async function writeBundle(opts: WriteBundleOptions): Promise<WriteBundleResult> {
-  const seconds = opts.mtime.getTime() / 1000;
-  // tar-stream truncates mtime to a 32-bit int; refuse what it would mangle.
-  if (!Number.isFinite(seconds) || seconds < 0 || seconds >= 2 ** 31) throw new OciError('LAYOUT', `bundle mtime ${String(opts.mtime)} is out of range`);
+  checkMtime(opts.mtime);
   checkEntries(opts.entries);
 
   const data: BundleEntry[] = opts.entries.map((e) => ({ path: e.path, size: e.size, sha256: e.sha256 }));
-  const sums = Buffer.from(sha256sumsText(data));
-  const sumsEntry: BundleEntry = { path: SUMS_PATH, size: sums.length, sha256: createHash('sha256').update(sums).digest('hex') };
-  const manifest = buildManifest(opts, [sumsEntry, ...data]);
-  const json = Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`);
+  const sums = sumsFor(data);
+  const manifest = buildManifest(opts, [sums.entry, ...data]);
+  const json = manifestJson(manifest);
   const sig = opts.signingKey ? Buffer.from(signManifest(json, opts.signingKey)) : undefined;
 
-  const header = (name: string, size: number): Partial<TarHeader> & { name: string } => ({ name, size, mode: 0o644, uid: 0, gid: 0, uname: '', gname: '', mtime: opts.mtime, type: 'file' });
   const partial = `${opts.output}.partial`;
+  const head = [{ path: MANIFEST_PATH, bytes: json }, ...(sig ? [{ path: SIGNATURE_PATH, bytes: sig }] : []), { path: SUMS_PATH, bytes: sums.bytes }];
+  const tar = await writeTarFile(partial, head, opts.entries, opts.mtime, opts.onBytes);
+  try {
+    await rename(partial, opts.output);
+  } catch (err) {
+    await rm(partial, { force: true });
+    throw err;
+  }
+  await syncDir(dirname(opts.output));
+  return { path: opts.output, size: tar.size, sha256: tar.sha256, manifest };
+}
+
+/**
+ * Writes one deterministic tar at `file` (created exclusively, fsynced and closed; removed if
+ * anything fails): the `head` entries from memory, then `entries` streamed and checked against
+ * their declared size and sha256.
+ */
+export async function writeTarFile(
+  file: string,
+  head: readonly { path: string; bytes: Buffer }[],
+  entries: readonly EntrySource[],
+  mtime: Date,
+  onBytes?: (entryPath: string, bytes: number) => void,
+): Promise<{ size: number; sha256: string }> {
+  const header = (name: string, size: number): Partial<TarHeader> & { name: string } => ({ name, size, mode: 0o644, uid: 0, gid: 0, uname: '', gname: '', mtime, type: 'file' });
+  const partial = file;
   const fh = await openPartial(partial);
   const pack = tarPack();
   pack.on('error', () => {}); // failures are collected by fail() below
@@ -157,10 +200,8 @@ export async function writeBundle(opts: WriteBundleOptions): Promise<WriteBundle
   };
 
   const produce = async (): Promise<void> => {
-    await addEntry(header(MANIFEST_PATH, json.length), json);
-    if (sig) await addEntry(header(SIGNATURE_PATH, sig.length), sig);
-    await addEntry(header(SUMS_PATH, sums.length), sums);
-    for (const e of opts.entries) await addEntry(header(e.path, e.size), (sink) => streamEntry(e, sink, opts.onBytes));
+    for (const h of head) await addEntry(header(h.path, h.bytes.length), h.bytes);
+    for (const e of entries) await addEntry(header(e.path, e.size), (sink) => streamEntry(e, sink, onBytes));
     pack.finalize();
   };
 
@@ -183,14 +224,12 @@ export async function writeBundle(opts: WriteBundleOptions): Promise<WriteBundle
     if (failure !== undefined) throw failure;
     await fh.sync();
     await fh.close();
-    await rename(partial, opts.output);
   } catch (err) {
-    await fh.close().catch(() => {}); // already closed when only the rename failed
+    await fh.close().catch(() => {}); // already closed when only the sync failed
     await rm(partial, { force: true });
     throw err;
   }
-  await syncDir(dirname(opts.output));
-  return { path: opts.output, size: tarSize, sha256: tarHash.digest('hex'), manifest };
+  return { size: tarSize, sha256: tarHash.digest('hex') };
 }
 
 /** Streams one entry into its tar sink, hashing and counting; refuses bytes that differ from what was declared. */
@@ -242,7 +281,7 @@ function drained(sink: Sink): Promise<void> {
 }
 
 /** Makes the rename durable; some filesystems refuse fsync on a directory, which is harmless. */
-async function syncDir(dir: string): Promise<void> {
+export async function syncDir(dir: string): Promise<void> {
   const d = await open(dir, 'r').catch(() => undefined);
   if (!d) return;
   await d.sync().catch(() => {});

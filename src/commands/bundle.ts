@@ -7,8 +7,10 @@ import { AirgapCommand } from '../base-command.ts';
 import { SourceRegistries } from '../bundle/images.ts';
 import { loadRecipe } from '../bundle/recipe.ts';
 import { loadSigningKey } from '../bundle/sign.ts';
+import { parseSplitSize } from '../bundle/split-size.ts';
 import { bundleTasks, refuseExisting, toolVersion, type BundleContext } from '../bundle/tasks.ts';
 import { isOciError } from '../oci/errors.ts';
+import { isCodedError } from '../util/errors.ts';
 import { Transport } from '../oci/http/transport.ts';
 import { parsePlatform } from '../oci/platform.ts';
 import { parseReference } from '../oci/reference.ts';
@@ -23,13 +25,18 @@ export default class Bundle extends AirgapCommand {
     'the NATS image from the chart, pulls every image of the selected models into a content-addressed cache (only what changed is ' +
     'fetched again), copies the customer bucket\'s migrations and LoRA checkpoints verified against GCS\'s hashes, and writes ONE ' +
     'uncompressed tar: bundle.json, its signature, SHA256SUMS, release/, images/ (an OCI image layout) and artifacts/. The same ' +
-    'inputs give the same bytes. The output appears under its name only when complete and signed.';
+    'inputs give the same bytes. The output appears under its name only when complete and signed. With --split-size it is written ' +
+    'as volumes NAME.vol001.tar, NAME.vol002.tar, … that each carry the signed bundle.json and can each be verified alone.';
   static override examples = [
     '<%= config.bin %> bundle --key-file key.json --customer acme --signing-key keys/bundle.key --output cartesia-2025.11.18.tar',
     '<%= config.bin %> bundle --release 2025.11.18-1 --models sonic-3.5,sonic-3 --platform linux/amd64 --customer acme --unsigned --output small.tar --json',
+    '<%= config.bin %> bundle --customer acme --signing-key keys/bundle.key --output cartesia.tar --split-size dvd',
   ];
   static override flags = {
     output: Flags.string({ char: 'o', description: 'the bundle file to write (FILE.tar)', required: true }),
+    'split-size': Flags.string({
+      description: 'write volumes FILE.vol001.tar, … of at most SIZE bytes: bytes, or a number with K, M, G (1000-based) or KiB, MiB, GiB (1024-based), or dvd (4.7 GB), fat32 (4 GiB - 1), bd25, bd50',
+    }),
     release: Flags.string({ description: 'latest, or a version to pin', default: 'latest' }),
     'release-tag': Flags.string({ description: 'image tag to use instead of the one in the chart values' }),
     models: Flags.string({ description: 'comma-separated models whose workers to carry (default: all)' }),
@@ -55,7 +62,7 @@ export default class Bundle extends AirgapCommand {
     try {
       return await this.#bundle(flags);
     } catch (err) {
-      if (isOciError(err, 'BAD_REFERENCE')) this.error(err.message, { exit: 2 });
+      if (isOciError(err, 'BAD_REFERENCE') || isCodedError(err, 'BAD_USAGE')) this.error(err.message, { exit: 2 });
       throw err;
     }
   }
@@ -64,7 +71,8 @@ export default class Bundle extends AirgapCommand {
     const output = resolve(flags.output);
     if (!flags['signing-key'] && !flags.unsigned) this.error('no --signing-key given; sign the bundle (make a key with `keys generate`) or pass --unsigned', { exit: 2 });
     if (flags.customer && flags['customer-bucket']) this.error('give --customer or --customer-bucket, not both', { exit: 2 });
-    await refuseExisting(output);
+    const splitSize = flags['split-size'] === undefined ? undefined : parseSplitSize(flags['split-size']);
+    await refuseExisting(output, splitSize !== undefined);
     const recipe = await loadRecipe(flags.recipe);
     const signingKey = flags['signing-key'] ? await loadSigningKey(flags['signing-key'], process.env.CARTESIA_AIRGAP_KEY_PASSPHRASE || undefined) : undefined;
     const platform = flags.platform ? parsePlatform(flags.platform) : undefined;
@@ -95,6 +103,7 @@ export default class Bundle extends AirgapCommand {
         ...(customerBucket ? { customer: { ...(flags.customer ? { name: flags.customer } : {}), bucket: customerBucket } } : {}),
         cacheDir: resolve(flags['cache-dir']),
         output,
+        ...(splitSize !== undefined ? { splitSize } : {}),
         ...(signingKey ? { signingKey } : {}),
         concurrency: flags.concurrency,
         toolVersion: toolVersion(),
@@ -113,8 +122,11 @@ export default class Bundle extends AirgapCommand {
         images: r.manifest.images.map((i) => ({ name: i.name, tag: i.tag, digest: i.digest })),
         artifacts: { count: r.manifest.artifacts.length, bytes: r.manifest.artifacts.reduce((n, a) => n + a.size, 0) },
         transferred: { release: ctx.releaseBytesFetched, images: ctx.imageBytesFetched, artifacts: ctx.objectBytesFetched },
+        // Split: `path` is the first volume and `sha256` that of bundle.json, which every volume carries.
+        ...(r.volumes ? { volumes: r.volumes } : {}),
       };
       if (flags.json) process.stdout.write(`${JSON.stringify(summary)}\n`);
+      else if (r.volumes) for (const v of r.volumes) this.log(`${v.path}  sha256 ${v.sha256}  ${v.size} bytes${signingKey ? '' : '  (UNSIGNED)'}`);
       else this.log(`${r.path}  sha256 ${r.sha256}  ${r.size} bytes${signingKey ? '' : '  (UNSIGNED)'}`);
       return summary;
     } finally {

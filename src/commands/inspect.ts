@@ -1,9 +1,11 @@
-import { resolve } from 'node:path';
+import { stat } from 'node:fs/promises';
+import { basename, resolve } from 'node:path';
 import { Args, Flags } from '@oclif/core';
 import { AirgapCommand } from '../base-command.ts';
 import type { BundleArtifact, BundleImage } from '../bundle/manifest.ts';
 import { openBundle } from '../bundle/reader.ts';
 import { human } from '../util/units.ts';
+import { firstVolumeIn, volumeFiles } from '../bundle/volume-set.ts';
 
 /**
  * The recipe's customer prefixes (bundles/cartesia.yaml): artifacts are grouped by them, anything
@@ -24,6 +26,8 @@ export interface InspectOutput {
   images: { name: string; tag: string; digest: string; platforms: string[]; size: number }[];
   artifacts: { count: number; bytes: number; groups: { bucket: string; prefix: string; count: number; bytes: number }[] };
   entries: number;
+  /** A split bundle: the volume read, and every volume with what it holds and whether its file is beside it. */
+  volumes?: { count: number; limit: number; read: number; list: { number: number; file: string; entries: number; bytes: number; present: boolean | null }[] };
 }
 
 const platformText = (p: BundleImage['platforms'][number]): string => [p.os, p.architecture, ...(p.variant ? [p.variant] : [])].join('/');
@@ -58,9 +62,9 @@ export default class Inspect extends AirgapCommand {
   static override description =
     'Reads bundle.json and the tar\'s structure in place (the same structural checks as verify, no hashing and no signature ' +
     'check: use `verify` before trusting anything shown here).';
-  static override examples = ['<%= config.bin %> inspect cartesia-2025.11.18.tar', '<%= config.bin %> inspect cartesia-2025.11.18.tar --json'];
+  static override examples = ['<%= config.bin %> inspect cartesia-2025.11.18.tar', '<%= config.bin %> inspect cartesia-2025.11.18.tar --json', '<%= config.bin %> inspect ./volumes/'];
   static override args = {
-    bundle: Args.string({ description: 'the bundle file (FILE.tar)', required: true }),
+    bundle: Args.string({ description: 'the bundle file (FILE.tar), one volume of a split bundle, or the directory holding its volumes', required: true }),
   };
   static override flags = {
     json: Flags.boolean({ description: 'print the same as one JSON document on stdout' }),
@@ -68,8 +72,13 @@ export default class Inspect extends AirgapCommand {
 
   async run(): Promise<InspectOutput> {
     const { args, flags } = await this.parse(Inspect);
-    const b = await openBundle(resolve(args.bundle));
+    const path = resolve(args.bundle);
+    // Every volume carries the whole bundle.json: one is read, the others are only looked for.
+    const b = await openBundle((await stat(path).then((s) => s.isDirectory(), () => false)) ? await firstVolumeIn(path) : path);
     const m = b.manifest;
+    const t = b.tars[0]!;
+    const split = b.volumes;
+    const beside = await volumeFiles(t);
     const out: InspectOutput = {
       file: b.file,
       size: b.index.fileSize,
@@ -83,6 +92,22 @@ export default class Inspect extends AirgapCommand {
       images: m.images.map((i) => ({ name: i.name, tag: i.tag, digest: i.digest, platforms: i.platforms.map(platformText), size: i.size })),
       artifacts: { count: m.artifacts.length, bytes: m.artifacts.reduce((n, a) => n + a.size, 0), groups: groupArtifacts(m.artifacts) },
       entries: m.entries.length,
+      ...(split
+        ? {
+            volumes: {
+              count: split.list.length,
+              limit: split.limit,
+              read: t.volume!,
+              list: split.list.map((v, i) => ({
+                number: i + 1,
+                file: beside?.[i]?.file ?? '',
+                entries: v.entries.length - 1,
+                bytes: v.entries.slice(1).reduce((n, e) => n + e.size, 0),
+                present: beside?.[i]?.present ?? null,
+              })),
+            },
+          }
+        : {}),
     };
     if (flags.json) {
       process.stdout.write(`${JSON.stringify(out)}\n`);
@@ -107,7 +132,14 @@ export default class Inspect extends AirgapCommand {
       for (const line of table(rows)) this.log(`  ${line}`);
     }
     this.log('');
-    this.log(`${out.entries} entries after bundle.json, ${human(out.size)} in all`);
+    if (!out.volumes) {
+      this.log(`${out.entries} entries after bundle.json, ${human(out.size)} in all`);
+      return out;
+    }
+    const v = out.volumes;
+    this.log(`${out.entries} entries in ${v.count} volumes of at most ${human(v.limit)} (${v.limit} bytes); read from volume ${v.read}`);
+    const rows = [['VOLUME', 'FILE', 'ENTRIES', 'SIZE', 'HERE'], ...v.list.map((x) => [String(x.number), x.file ? basename(x.file) : '?', String(x.entries), human(x.bytes), x.present === null ? '?' : x.present ? 'yes' : 'MISSING'])];
+    for (const line of table(rows)) this.log(`  ${line}`);
     return out;
   }
 }

@@ -4,7 +4,7 @@ import { Args, Flags, type Interfaces } from '@oclif/core';
 import { Listr } from 'listr2';
 import { listrOptions } from '../progress/listr.ts';
 import { AirgapCommand } from '../base-command.ts';
-import { openBundle } from '../bundle/reader.ts';
+import { openBundleSet } from '../bundle/volume-set.ts';
 import { loadRecipe } from '../bundle/recipe.ts';
 import { loadPublicKey } from '../bundle/sign.ts';
 import { toolVersion } from '../bundle/tasks.ts';
@@ -21,12 +21,13 @@ export default class Install extends AirgapCommand {
     'Reads the bundle in place (never extracted). Verifies the signature and every byte first; nothing is written anywhere before ' +
     'that passes. Then pushes every image to REGISTRY/PREFIX/<name>:<tag> with the same digests (blobs the registry has are skipped, ' +
     'tags written last), uploads the customer artifacts under their own keys (identical objects skipped, every object checked), renders ' +
-    "the chart's own values.yaml with the registry, tag and offline-licensing settings (comments and order kept), and writes a receipt.";
+    "the chart's own values.yaml with the registry, tag and offline-licensing settings (comments and order kept), and writes a receipt. " +
+    'A split bundle is given as its first volume or its directory: every volume is checked, read in place and never joined.';
   static override examples = [
     '<%= config.bin %> install cartesia.tar --public-key bundle.pub --registry registry.internal:5000/cartesia --s3-endpoint https://minio.internal:9000 --license license.json --storage-class standard',
     'printf %s "$PASSWORD" | <%= config.bin %> install cartesia.tar --public-key bundle.pub --registry registry.internal/cartesia --registry-username ci --registry-password-stdin --dry-run',
   ];
-  static override args = { bundle: Args.string({ description: 'the bundle file', required: true }) };
+  static override args = { bundle: Args.string({ description: 'the bundle file, or the first volume or directory of a split bundle', required: true }) };
   static override flags = {
     'public-key': Flags.string({ description: 'the signer\'s public key (bundle.pub from `keys generate`)' }),
     'insecure-skip-verify': Flags.boolean({ description: 'do not check the signature (every entry is still hashed)' }),
@@ -67,7 +68,7 @@ export default class Install extends AirgapCommand {
     if (!flags['public-key'] && !flags['insecure-skip-verify']) this.error('no --public-key given; pass the signer\'s bundle.pub (or --insecure-skip-verify to skip the signature)', { exit: 2 });
     const startedAt = new Date();
     const publicKey = flags['public-key'] ? await loadPublicKey(flags['public-key']) : undefined;
-    const bundle = await openBundle(resolve(file));
+    const bundle = await openBundleSet(resolve(file));
     const m = bundle.manifest;
     const target = parseRegistryTarget(flags.registry);
     const password = flags['registry-password-stdin'] ? await readStdinSecret() : process.env.CARTESIA_AIRGAP_REGISTRY_PASSWORD;
@@ -131,7 +132,7 @@ export default class Install extends AirgapCommand {
     }
     const summary = {
       dryRun: flags['dry-run'],
-      bundle: { path: bundle.file, sha256: ctx.bundleSha256, signer: ctx.fingerprint ?? null, verified: Boolean(publicKey) },
+      bundle: { path: bundle.file, sha256: ctx.bundleSha256, signer: ctx.fingerprint ?? null, verified: Boolean(publicKey), ...(ctx.volumes ? { volumes: ctx.volumes.length } : {}) },
       release: { version: m.release.version, tag: m.release.tag },
       plan: flags['dry-run']
         ? { images: m.images.map((i) => `${registryText}/${i.name}:${i.tag}@${i.digest}`), artifacts: s3 ? m.artifacts.map((a) => `${s3.description}/${a.key}`) : [], values: valuesOut, receipt: receiptOut }

@@ -1,8 +1,10 @@
 import type { KeyObject } from 'node:crypto';
-import { resolve } from 'node:path';
+import { stat } from 'node:fs/promises';
+import { basename, resolve } from 'node:path';
 import { Args, Flags } from '@oclif/core';
 import { AirgapCommand } from '../base-command.ts';
-import { openBundle } from '../bundle/reader.ts';
+import { openBundle, type OpenedBundle } from '../bundle/reader.ts';
+import { openBundleSet } from '../bundle/volume-set.ts';
 import { loadPublicKey } from '../bundle/sign.ts';
 import { verifyBundle, type VerifyResult } from '../bundle/verify.ts';
 import { isCodedError } from '../util/errors.ts';
@@ -12,6 +14,8 @@ export interface VerifyOutput {
   fingerprint: string | null;
   entries: number;
   bytes: number;
+  /** A split bundle: its number of volumes, and those checked (all, or the one given). */
+  volumes?: { count: number; checked: number[] };
   error?: string;
 }
 
@@ -23,13 +27,16 @@ export default class Verify extends AirgapCommand {
     'Reads the bundle in place: checks its structure (bundle.json first, then its signature, then exactly the entries bundle.json ' +
     'lists, all regular files), verifies bundle.json.sig with --public-key before anything else, then hashes every entry as it ' +
     'streams and compares it with bundle.json. Exit codes: 0 verified, 3 the bundle failed verification (one line on stderr naming ' +
-    'the bad part), 1 another error (unreadable file, bad key file), 2 bad usage.';
+    'the bad part), 1 another error (unreadable file, bad key file), 2 bad usage. A split bundle: give one volume (NAME.vol003.tar) ' +
+    'to check that volume alone, right after copying it off its media, or the directory holding the volumes to check the whole set.';
   static override examples = [
     '<%= config.bin %> verify cartesia-2025.11.18.tar --public-key keys/bundle.pub',
     '<%= config.bin %> verify cartesia-2025.11.18.tar --insecure-skip-signature --json',
+    '<%= config.bin %> verify /media/dvd/cartesia.vol003.tar --public-key keys/bundle.pub',
+    '<%= config.bin %> verify ./volumes/ --public-key keys/bundle.pub',
   ];
   static override args = {
-    bundle: Args.string({ description: 'the bundle file (FILE.tar)', required: true }),
+    bundle: Args.string({ description: 'the bundle file (FILE.tar), one volume of a split bundle, or the directory holding its volumes', required: true }),
   };
   static override flags = {
     'public-key': Flags.string({ description: 'the signer\'s public key (bundle.pub from `keys generate`)', exclusive: ['insecure-skip-signature'] }),
@@ -48,10 +55,14 @@ export default class Verify extends AirgapCommand {
       if (flags.json) process.stdout.write(`${JSON.stringify(out)}\n`);
     };
     let result: VerifyResult;
+    let files: string[] = [];
     try {
       const publicKey: KeyObject | undefined = flags['public-key'] ? await loadPublicKey(flags['public-key']) : undefined;
-      const bundle = await openBundle(resolve(args.bundle));
+      const path = resolve(args.bundle);
+      // A directory is a set of volumes; a file is a bundle, or one volume checked on its own.
+      const bundle: OpenedBundle = (await stat(path).then((s) => s.isDirectory(), () => false)) ? await openBundleSet(path) : await openBundle(path);
       result = await verifyBundle(bundle, { ...(publicKey ? { publicKey } : {}), ...(flags.json ? {} : { onEntry: progress() }) });
+      files = bundle.tars.map((t) => basename(t.file));
     } catch (err) {
       const message = (err as Error).message;
       report({ ok: false, fingerprint: null, entries: 0, bytes: 0, error: message });
@@ -65,7 +76,16 @@ export default class Verify extends AirgapCommand {
     if (!flags.json) {
       if (skip) this.log(`signer       ${result.fingerprint ?? 'none (unsigned)'} (NOT checked)`);
       else this.log(`signer       ${result.fingerprint}`);
-      this.log(`OK: ${result.entries} entries, ${result.bytes} bytes verified${skip ? ' (signature NOT checked)' : ''}`);
+      const v = result.volumes;
+      const notChecked = skip ? ' (signature NOT checked)' : '';
+      if (!v) this.log(`OK: ${result.entries} entries, ${result.bytes} bytes verified${notChecked}`);
+      else if (v.checked.length === v.count) {
+        this.log(`volumes      ${v.count}: ${files[0]} … ${files.at(-1)}`);
+        this.log(`OK: all ${v.count} volumes, ${result.entries} entries, ${result.bytes} bytes verified${notChecked}`);
+      } else {
+        this.log(`volume       ${v.checked[0]} of ${v.count} (${files[0]})`);
+        this.log(`OK: volume ${v.checked[0]} of ${v.count}: ${result.entries} entries, ${result.bytes} bytes verified${notChecked}; give the directory of all ${v.count} volumes to check the set`);
+      }
     }
     return out;
   }

@@ -6,7 +6,11 @@ export interface Receipt {
   tool: { name: 'cartesia-airgap'; version: string };
   startedAt: string;
   finishedAt: string;
-  bundle: { path: string; sha256: string; size: number; signer: string | null; verified: boolean; release: { version: string; tag: string } };
+  /**
+   * The bundle file's sha256 and size; for a split bundle, which has no one file, the sha256 of the
+   * bundle.json every volume carries, the volumes' total size, and each volume's own.
+   */
+  bundle: { path: string; sha256: string; size: number; volumes?: { path: string; sha256: string; size: number }[]; signer: string | null; verified: boolean; release: { version: string; tag: string } };
   registry: { endpoint: string; images: { name: string; repository: string; tag: string; digest: string; blobs: { uploaded: number; mounted: number; existed: number }; bytesUploaded: number }[] } | null;
   storage: { endpoint: string; bucket: string; objects: { key: string; sha256: string; size: number; how: 'uploaded' | 'skipped' }[] } | null;
   values: { path: string; set: { path: string; value: unknown }[]; unknown: string[]; schemaErrors: string[] } | null;

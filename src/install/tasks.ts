@@ -36,6 +36,8 @@ export interface InstallContext {
   startedAt: Date;
   fingerprint?: string | null;
   bundleSha256?: string;
+  /** A split bundle's volume files. */
+  volumes?: { path: string; sha256: string; size: number }[];
   rendered?: Rendered;
   pushed?: PushedImage[];
   uploaded?: PutResult[];
@@ -52,6 +54,13 @@ async function fileSha256(file: string): Promise<string> {
   return h.digest('hex');
 }
 
+/** The sha256 of every tar of the bundle, one after the other. */
+async function tarSha256s(b: OpenedBundle): Promise<string[]> {
+  const out: string[] = [];
+  for (const t of b.tars) out.push(await fileSha256(t.file));
+  return out;
+}
+
 /** The phases of `install`: everything is checked before the first write anywhere. */
 export function installTasks(o: InstallOptions): ListrTask<InstallContext>[] {
   const m = o.bundle.manifest;
@@ -61,18 +70,22 @@ export function installTasks(o: InstallOptions): ListrTask<InstallContext>[] {
       task: async (ctx, task) => {
         const show = throttledOutput(task);
         let done = 0;
-        const [result, sha] = await Promise.all([
+        const [result, shas] = await Promise.all([
           verifyBundle(o.bundle, {
             ...(o.publicKey ? { publicKey: o.publicKey } : {}),
             onEntry: (path, bytes, total) => {
               if (bytes === total) show(`${++done} entries checked, last ${path}`);
             },
           }),
-          fileSha256(o.bundle.file),
+          tarSha256s(o.bundle),
         ]);
         ctx.fingerprint = result.fingerprint;
-        ctx.bundleSha256 = sha;
-        task.title = `Verified ${result.entries} entries (${mib(result.bytes)}), ${o.publicKey ? `signed by ${result.fingerprint}` : 'SIGNATURE NOT CHECKED (--insecure-skip-verify)'}`;
+        if (o.bundle.volumes) {
+          // No one file is the bundle: its identity is the signed bundle.json every volume carries.
+          ctx.bundleSha256 = createHash('sha256').update(o.bundle.manifestBytes).digest('hex');
+          ctx.volumes = o.bundle.tars.map((t, i) => ({ path: t.file, sha256: shas[i]!, size: t.index.fileSize }));
+        } else ctx.bundleSha256 = shas[0]!;
+        task.title = `Verified ${result.volumes ? `${result.volumes.count} volumes, ` : ''}${result.entries} entries (${mib(result.bytes)}), ${o.publicKey ? `signed by ${result.fingerprint}` : 'SIGNATURE NOT CHECKED (--insecure-skip-verify)'}`;
       },
     },
     {
@@ -145,7 +158,7 @@ function receipt(o: InstallOptions, ctx: InstallContext): Receipt {
     tool: { name: 'cartesia-airgap', version: o.toolVersion },
     startedAt: ctx.startedAt.toISOString(),
     finishedAt: new Date().toISOString(),
-    bundle: { path: o.bundle.file, sha256: ctx.bundleSha256!, size: o.bundle.index.fileSize, signer: ctx.fingerprint ?? null, verified: Boolean(o.publicKey), release: { version: m.release.version, tag: m.release.tag } },
+    bundle: { path: o.bundle.file, sha256: ctx.bundleSha256!, size: o.bundle.size, ...(ctx.volumes ? { volumes: ctx.volumes } : {}), signer: ctx.fingerprint ?? null, verified: Boolean(o.publicKey), release: { version: m.release.version, tag: m.release.tag } },
     registry: ctx.pushed ? { endpoint: o.registry.description, images: receiptImages(ctx.pushed) } : null,
     storage: o.s3 && ctx.uploaded ? { endpoint: o.s3.description, bucket: o.s3.bucket, objects: ctx.uploaded.map((u) => ({ key: u.key, sha256: u.sha256, size: u.size, how: u.how })) } : null,
     values: { path: o.valuesOut, set: v.set.map((s) => ({ path: s.path, value: s.value })), unknown: v.unknown, schemaErrors: v.schemaErrors },
