@@ -2,7 +2,9 @@ import { resolve } from 'node:path';
 import { Args, Flags } from '@oclif/core';
 import { AirgapCommand } from '../base-command.ts';
 import type { BundleArtifact, BundleImage } from '../bundle/manifest.ts';
+import { deltaSummary, type DeltaSummary } from '../bundle/delta.ts';
 import { openBundle } from '../bundle/reader.ts';
+import { human, table } from '../util/format.ts';
 
 /**
  * The recipe's customer prefixes (bundles/cartesia.yaml): artifacts are grouped by them, anything
@@ -23,6 +25,8 @@ export interface InspectOutput {
   images: { name: string; tag: string; digest: string; platforms: string[]; size: number }[];
   artifacts: { count: number; bytes: number; groups: { bucket: string; prefix: string; count: number; bytes: number }[] };
   entries: number;
+  /** A delta: its base and what it relies on the base for (the bytes it saves); null for a full bundle. */
+  base: DeltaSummary | null;
 }
 
 const platformText = (p: BundleImage['platforms'][number]): string => [p.os, p.architecture, ...(p.variant ? [p.variant] : [])].join('/');
@@ -47,25 +51,8 @@ function groupArtifacts(artifacts: readonly BundleArtifact[]): InspectOutput['ar
   return [...groups.values()].sort((x, y) => (x.bucket === y.bucket ? (x.prefix < y.prefix ? -1 : 1) : x.bucket < y.bucket ? -1 : 1));
 }
 
-/** Bytes with a binary unit, for people; --json keeps exact numbers. */
-function human(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let i = 0;
-  let v = n;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return i === 0 ? `${n} B` : `${v.toFixed(1)} ${units[i]}`;
-}
-
-function table(rows: string[][]): string[] {
-  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
-  return rows.map((r) => r.map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]!))).join('  ').trimEnd());
-}
-
 export default class Inspect extends AirgapCommand {
-  static override summary = 'Show what a bundle holds: release, images, artifacts, signer. Verifies nothing.';
+  static override summary = 'Show what a bundle holds: release, images, artifacts, signer, and for a delta its base and the bytes saved. Verifies nothing.';
   static override description =
     'Reads bundle.json and the tar\'s structure in place (the same structural checks as verify, no hashing and no signature ' +
     'check: use `verify` before trusting anything shown here).';
@@ -94,6 +81,7 @@ export default class Inspect extends AirgapCommand {
       images: m.images.map((i) => ({ name: i.name, tag: i.tag, digest: i.digest, platforms: i.platforms.map(platformText), size: i.size })),
       artifacts: { count: m.artifacts.length, bytes: m.artifacts.reduce((n, a) => n + a.size, 0), groups: groupArtifacts(m.artifacts) },
       entries: m.entries.length,
+      base: m.base ? deltaSummary(m.base) : null,
     };
     if (flags.json) {
       process.stdout.write(`${JSON.stringify(out)}\n`);
@@ -105,6 +93,11 @@ export default class Inspect extends AirgapCommand {
     this.log(`tool      ${out.tool.name} ${out.tool.version}  (format ${out.formatVersion})`);
     this.log(`signer    ${out.signer ?? 'unsigned'}${out.signer ? '  (not verified; run `verify --public-key`)' : ''}`);
     if (out.customer) this.log(`customer  ${out.customer.name ?? '-'}  gs://${out.customer.bucket}`);
+    if (out.base) {
+      const d = out.base;
+      this.log(`delta     of release ${d.release.version} (tag ${d.release.tag}), base bundle.json sha256 ${d.manifestSha256}, signed by ${d.signer}`);
+      this.log(`          relies on ${d.relies.manifests} manifests and ${d.relies.blobs} blobs (${human(d.saved.images)}) and ${d.relies.artifacts} artifacts (${human(d.saved.artifacts)}) already installed: ${human(d.saved.total)} (${d.saved.total} bytes) not carried`);
+    }
     this.log('');
     this.log(`images (${out.images.length})`);
     if (out.images.length > 0) {
