@@ -153,7 +153,8 @@ async function checkTrailer(file: string, index: TarIndex): Promise<void> {
   if (tail.length !== extra || tail.some((b) => b !== 0)) throw bad(`trailing data: ${where} are not zero padding`);
 }
 
-function parseManifest(bytes: Buffer): BundleManifest {
+/** bundle.json bytes → the checked manifest (format version, schema, entry list rules). */
+export function parseManifest(bytes: Buffer): BundleManifest {
   let doc: unknown;
   try {
     doc = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));

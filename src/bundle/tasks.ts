@@ -11,6 +11,8 @@ import { parseReference } from '../oci/reference.ts';
 import type { Platform } from '../oci/types.ts';
 import { syncPrefix } from '../objects/cache.ts';
 import type { CachedObject, ObjectInfo, ObjectSource } from '../objects/types.ts';
+import { openSignedManifest, type SignedManifest } from './base.ts';
+import { cutDelta, savedBytes } from './delta.ts';
 import { fetchImages, imageEntries, planImages, shortName, type ImageSpec, type PlannedImage, SourceRegistries } from './images.ts';
 import type { BundleArtifact, BundleManifest } from './manifest.ts';
 import { checkSpace } from './plan.ts';
@@ -33,11 +35,14 @@ export interface BundleOptions {
   cacheDir: string;
   output: string;
   signingKey?: KeyObject;
+  /** Cut a delta against this earlier bundle, trusted once its signature verifies with `publicKey`. */
+  base?: { file: string; publicKey: KeyObject };
   concurrency: number;
   toolVersion: string;
 }
 
 export interface BundleContext {
+  base?: SignedManifest;
   release?: ResolvedRelease;
   planned?: PlannedImage[];
   objects?: ObjectInfo[];
@@ -65,6 +70,22 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
   const { recipe } = o.recipe;
   const imagesDir = join(o.cacheDir, 'images');
   return [
+    {
+      title: 'Read the base bundle and check its signature',
+      skip: () => !o.base && 'no --base given',
+      task: async (ctx, task) => {
+        const { file, publicKey } = o.base!;
+        try {
+          ctx.base = await openSignedManifest(file, publicKey);
+        } catch (err) {
+          // One line that says which bundle it is about; the code (VERIFY, IO) is kept.
+          (err as Error).message = `the base ${file}: ${(err as Error).message}`;
+          throw err;
+        }
+        const m = ctx.base.manifest;
+        task.title = `Base: release ${m.release.version} (tag ${m.release.tag}), signed by ${ctx.base.verifiedBy}${m.base ? ', itself a delta' : ''}`;
+      },
+    },
     {
       title: 'Resolve the release and check it against SHA256SUMS',
       task: async (ctx, task) => {
@@ -154,7 +175,9 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
       task: async (ctx, task) => {
         let show: ((done: number) => void) | undefined;
         ctx.result = await writeOut(o, ctx, (done, total) => (show ??= meter(task, total))(done));
-        task.title = `Wrote ${o.output} (${mib(ctx.result.size)}, sha256 ${ctx.result.sha256})`;
+        const base = ctx.result.manifest.base;
+        const saved = base ? savedBytes(base) : undefined;
+        task.title = `Wrote ${o.output} (${mib(ctx.result.size)}, sha256 ${ctx.result.sha256})${saved ? `, a delta leaving out ${mib(saved.images + saved.artifacts)} its base holds` : ''}`;
       },
     },
   ];
@@ -186,7 +209,13 @@ async function writeOut(o: BundleOptions, ctx: BundleContext, progress: (done: n
     path: `artifacts/${c.bucket}/${c.key}`,
   }));
   const artifactEntries = cached.map((c, i) => fileEntry(artifacts[i]!.path, c.path, c.size, c.sha256));
-  const entries = [...releaseEntries, ...imageFiles, ...artifactEntries];
+  let entries = [...releaseEntries, ...imageFiles, ...artifactEntries];
+  let carried = artifacts;
+  let base: BundleManifest['base'];
+  if (ctx.base) {
+    const graphs = ctx.planned!.map((p) => ({ name: p.spec.name, manifests: p.graph.manifests, blobs: p.graph.blobs }));
+    ({ entries, artifacts: carried, base } = cutDelta({ entries, artifacts, graphs }, ctx.base));
+  }
   const mtime = bundleDate(release);
   const manifest: Omit<BundleManifest, 'entries' | 'signer'> = {
     formatVersion: 1,
@@ -196,7 +225,8 @@ async function writeOut(o: BundleOptions, ctx: BundleContext, progress: (done: n
     release: { version: release.version, tag: release.tag, archive: { path: `release/${release.archiveName}`, sha256: release.archive.sha256, size: release.archive.size } },
     customer: o.customer ? { ...(o.customer.name ? { name: o.customer.name } : {}), bucket: o.customer.bucket } : null,
     images,
-    artifacts,
+    artifacts: carried,
+    ...(base ? { base } : {}),
   };
   const total = entries.reduce((n, e) => n + e.size, 0);
   const sizes = new Map(entries.map((e) => [e.path, e.size]));
