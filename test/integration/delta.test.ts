@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { GetObjectCommand } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { Storage } from '@google-cloud/storage';
 import { beforeAll, describe, expect, inject, it } from 'vitest';
 import type { BundleManifest } from '../../src/bundle/manifest.ts';
@@ -232,6 +232,72 @@ describe('installing a delta', () => {
     expect(await readFile(join(viaDelta.out, 'values.yaml'), 'utf8')).toContain('releaseTag: sonic-20251202');
     const receipt = JSON.parse(await readFile(join(viaDelta.out, 'cartesia-install-receipt.json'), 'utf8')) as { base: { release: { version: string } } };
     expect(receipt.base.release.version).toBe(fixture.release.version);
+  });
+});
+
+describe('installing a delta where the base is only partly there', () => {
+  it('names just the objects that are gone or differ, accepts one re-uploaded by another tool with the same bytes, and writes nothing', async () => {
+    const prefix = `delta-part-${id}/cartesia`;
+    const target = `delta-part-${id}`;
+    const out = join(work, 'out-part');
+    await mkdir(out);
+    const base = await runCli(installArgs(files.base, pub, prefix, target, out), { env: installEnv });
+    expect(base.code, base.stderr).toBe(0);
+    const relied = (await bundleJson(files.delta)).base!.relies.artifacts;
+    const [gone, other, plain] = relied;
+    await s3.send(new DeleteObjectCommand({ Bucket: target, Key: gone!.key }));
+    await s3.send(new PutObjectCommand({ Bucket: target, Key: other!.key, Body: Buffer.from('other bytes'), Metadata: { sha256: sha256('other bytes') } }));
+    // The same bytes without our sha256 metadata: its MD5 ETag proves them.
+    const bytes = Buffer.from(await (await s3.send(new GetObjectCommand({ Bucket: target, Key: plain!.key }))).Body!.transformToByteArray());
+    await s3.send(new PutObjectCommand({ Bucket: target, Key: plain!.key, Body: bytes }));
+    const before = await objectsIn(target);
+
+    for (const dryRun of [['--dry-run'], []]) {
+      const r = await runCli([...installArgs(files.delta, pub, prefix, target, out), ...dryRun], { env: installEnv });
+      expect(r.code, r.stderr).toBe(4);
+      const lines = r.stderr.split('\n').filter((l) => l.startsWith('Error: ') || l.startsWith('  missing: '));
+      expect(lines).toEqual([
+        expect.stringMatching(/^Error: the target lacks 2 items this delta relies on; /),
+        ...[
+          `  missing: s3://${target}/${gone!.key} (sha256 ${gone!.sha256}, ${gone!.size} bytes) is absent`,
+          `  missing: s3://${target}/${other!.key} (sha256 ${other!.sha256}, ${other!.size} bytes) holds 11 bytes, not ${other!.size}`,
+        ].sort(),
+      ]);
+    }
+    // Nothing moved: the new tags are not there, the bucket is as it was, no values were rewritten for the new release.
+    for (const img of next.images.filter((i) => i.tag !== fixture.images.find((f) => f.repository === i.repository)!.tag)) {
+      expect(await repoExists(`${prefix}/${name(img.repository)}`, img.tag), img.repository).toBe(false);
+    }
+    expect((await objectsIn(target)).map((o) => [o.Key, o.ETag])).toEqual(before.map((o) => [o.Key, o.ETag]));
+    expect(await readFile(join(out, 'values.yaml'), 'utf8')).toContain(`releaseTag: ${fixture.release.releaseTag}`);
+  });
+});
+
+describe('a delta against a base with fewer images', () => {
+  it('mounts the shared layers of images new to the target from the repositories the base filled', async () => {
+    const small = join(work, 'base-sonic3.tar');
+    const smallDelta = join(work, 'delta-sonic3.tar');
+    expect((await bundle(small, ['--models', 'sonic-3'])).code).toBe(0);
+    const r = await bundle(smallDelta, ['--recipe', next.recipeFile, '--base', small]);
+    expect(r.code, r.stderr).toBe(0);
+    const prefix = `delta-mount-${id}/cartesia`;
+    const target = `delta-mount-${id}`;
+    const out = join(work, 'out-mount');
+    await mkdir(out);
+    const base = await runCli(installArgs(small, pub, prefix, target, out), { env: installEnv });
+    expect(base.code, base.stderr).toBe(0);
+    const delta = await runCli(installArgs(smallDelta, pub, prefix, target, out), { env: installEnv });
+    expect(delta.code, delta.stderr).toBe(0);
+
+    const auth = await authFile(bed.private.host, bed.private.username, bed.private.password);
+    for (const img of next.images) {
+      const raw = await skopeo(['inspect', '--raw', '--cert-dir', bed.certDir, '--authfile', auth, `docker://${bed.private.host}/${prefix}/${name(img.repository)}:${img.tag}`]);
+      expect(raw.ok && `sha256:${sha256(raw.stdout)}`, img.repository).toBe(img.digest);
+    }
+    // The three workers the base lacked: base and runtime layers (two platforms) mounted, their own layer and config uploaded.
+    const receipt = JSON.parse(await readFile(join(out, 'cartesia-install-receipt.json'), 'utf8')) as { registry: { images: { name: string; blobs: { uploaded: number; mounted: number } }[] } };
+    const fresh = ['cartesia-sonic-azure-disco', 'cartesia-sonic-royal-plant', 'cartesia-sonic-voice-clone'];
+    expect(receipt.registry.images.filter((i) => fresh.includes(i.name)).map((i) => [i.name, i.blobs])).toEqual(fresh.map((n) => [n, { uploaded: 4, mounted: 4, existed: 0 }]));
   });
 });
 
