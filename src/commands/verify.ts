@@ -2,7 +2,8 @@ import type { KeyObject } from 'node:crypto';
 import { resolve } from 'node:path';
 import { Args, Flags } from '@oclif/core';
 import { AirgapCommand } from '../base-command.ts';
-import { openBundle } from '../bundle/reader.ts';
+import { deltaSummary } from '../bundle/delta.ts';
+import { openBundle, type OpenedBundle } from '../bundle/reader.ts';
 import { loadPublicKey } from '../bundle/sign.ts';
 import { verifyBundle, type VerifyResult } from '../bundle/verify.ts';
 import { isCodedError } from '../util/errors.ts';
@@ -48,9 +49,10 @@ export default class Verify extends AirgapCommand {
       if (flags.json) process.stdout.write(`${JSON.stringify(out)}\n`);
     };
     let result: VerifyResult;
+    let bundle: OpenedBundle;
     try {
       const publicKey: KeyObject | undefined = flags['public-key'] ? await loadPublicKey(flags['public-key']) : undefined;
-      const bundle = await openBundle(resolve(args.bundle));
+      bundle = await openBundle(resolve(args.bundle));
       result = await verifyBundle(bundle, { ...(publicKey ? { publicKey } : {}), ...(flags.json ? {} : { onEntry: progress() }) });
     } catch (err) {
       const message = (err as Error).message;
@@ -66,6 +68,11 @@ export default class Verify extends AirgapCommand {
       if (skip) this.log(`signer       ${result.fingerprint ?? 'none (unsigned)'} (NOT checked)`);
       else this.log(`signer       ${result.fingerprint}`);
       this.log(`OK: ${result.entries} entries, ${result.bytes} bytes verified${skip ? ' (signature NOT checked)' : ''}`);
+      const base = bundle.manifest.base;
+      if (base) {
+        const d = deltaSummary(base);
+        this.log(`delta of release ${d.release.version} (base bundle.json sha256 ${d.manifestSha256}): install needs ${d.relies.manifests} manifests, ${d.relies.blobs} blobs and ${d.relies.artifacts} artifacts already in the target`);
+      }
     }
     return out;
   }

@@ -121,6 +121,7 @@ describe('delta bundle: only what the base lacks', () => {
   it('verify accepts it; inspect shows the base and the bytes saved (= the full bundle entries it leaves out)', async () => {
     const v = await runCli(['verify', files.delta, '--public-key', pub]);
     expect(v.code, v.stderr).toBe(0);
+    expect(v.stdout).toMatch(/^delta of release 2025\.11\.18-1 \(base bundle\.json sha256 [a-f0-9]{64}\): install needs \d+ manifests, \d+ blobs and 15 artifacts already in the target$/m);
     const r = await runCli(['inspect', files.delta, '--json']);
     expect(r.code, r.stderr).toBe(0);
     const out = JSON.parse(r.stdout) as { base: { release: { version: string }; saved: { total: number }; relies: { artifacts: number } } };
