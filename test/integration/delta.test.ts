@@ -30,6 +30,7 @@ const bundleJson = async (tar: string) => JSON.parse(await run('tar', ['-xOf', t
 
 let next: NextRelease;
 let newLora: { size: number; sha256: string };
+let deltaSummary: { base: { manifestSha256: string; saved: { total: number } } };
 
 async function bundle(out: string, extra: string[]) {
   return runCli(['bundle', '--output', out, ...sourceArgs, '--customer', customer, '--signing-key', join(keys, 'bundle.key'), '--cache-dir', join(work, 'cache'), ...extra]);
@@ -62,8 +63,9 @@ beforeAll(async () => {
 
   const full = await bundle(files.full, ['--recipe', next.recipeFile]);
   expect(full.code, full.stderr).toBe(0);
-  const delta = await bundle(files.delta, ['--recipe', next.recipeFile, '--base', files.base]);
+  const delta = await bundle(files.delta, ['--recipe', next.recipeFile, '--base', files.base, '--json']);
   expect(delta.code, delta.stderr).toBe(0);
+  deltaSummary = JSON.parse(delta.stdout) as typeof deltaSummary;
 });
 
 /** The seeded release's record of an image, and the next release's. */
@@ -130,6 +132,8 @@ describe('delta bundle: only what the base lacks', () => {
     const leftOut = full.entries.filter((e) => !inDelta.has(e.path)).reduce((n, e) => n + e.size, 0);
     expect(out.base.release.version).toBe(fixture.release.version);
     expect(out.base.saved.total).toBe(leftOut);
+    expect(deltaSummary.base.saved.total).toBe(leftOut);
+    expect(deltaSummary.base.manifestSha256).toBe(sha256(await run('tar', ['-xOf', files.base, 'bundle.json'])));
     expect(out.base.relies.artifacts).toBe(full.artifacts.length - 1);
     console.log(`delta ${(await stat(files.delta)).size} bytes, full ${(await stat(files.full)).size} bytes, ${leftOut} bytes of entries left out`);
     const text = await runCli(['inspect', files.delta]);
