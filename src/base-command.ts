@@ -1,6 +1,6 @@
 import { Command } from '@oclif/core';
 
-type OclifError = Error & { oclif?: { exit?: number }; skipOclifErrorHandling?: boolean };
+type OclifError = Error & { oclif?: { exit?: number }; code?: unknown; skipOclifErrorHandling?: boolean };
 
 /**
  * Every command's base: errors are printed as ONE line on stderr (oclif would wrap them at the
@@ -8,7 +8,8 @@ type OclifError = Error & { oclif?: { exit?: number }; skipOclifErrorHandling?: 
  */
 export abstract class AirgapCommand extends Command {
   protected override async catch(err: OclifError): Promise<unknown> {
-    if (err.oclif?.exit !== 0 && err.name !== 'ExitError') {
+    // this.exit() throws oclif's ExitError (name 'Error', code 'EEXIT'): the command has said what it had to.
+    if (err.oclif?.exit !== 0 && err.code !== 'EEXIT') {
       const line = err.message.replace(/\s*\n\s*/g, ' ').trim();
       process.stderr.write(`Error: ${line}\n`);
       err.skipOclifErrorHandling = true;

@@ -60,6 +60,28 @@ export const artifactSchema = z.object({
   path: entryPath,
 });
 
+/** Content a delta leaves out because its base holds it, named by digest (and size, for reports). */
+const reliedContentSchema = z.object({ digest, size: z.number().int().nonnegative() });
+
+/**
+ * A delta's base (DESIGN.md §3): the signed bundle it was cut against, and every item left out
+ * because that bundle holds it. Install checks the target holds each item before writing anything.
+ */
+export const baseSchema = z.object({
+  /** sha256 of the base's bundle.json: what its signature covers, and through it every entry. */
+  manifestSha256: sha256Hex,
+  signer: z.object({ algorithm: z.literal('ecdsa-p256-sha256'), fingerprint: z.string() }),
+  release: z.object({ version: z.string(), tag: z.string() }),
+  /** The base's image names: the repositories its install pushed to, where relied-on blobs may be. */
+  images: z.array(z.string()),
+  relies: z.object({
+    /** Per image of this bundle, the manifests and blobs it needs that are not carried here. */
+    images: z.array(z.object({ name: z.string(), manifests: z.array(reliedContentSchema), blobs: z.array(reliedContentSchema) })),
+    /** Artifacts installed by the base under the same key with the same bytes. */
+    artifacts: z.array(z.object({ bucket: z.string(), key: z.string(), size: z.number().int().nonnegative(), sha256: sha256Hex, md5: z.string().optional() })),
+  }),
+});
+
 export const bundleManifestSchema = z.object({
   formatVersion: z.literal(BUNDLE_FORMAT_VERSION),
   tool: z.object({ name: z.literal('cartesia-airgap'), version: z.string() }),
@@ -75,6 +97,8 @@ export const bundleManifestSchema = z.object({
   customer: z.object({ name: z.string().optional(), bucket: z.string() }).nullable(),
   images: z.array(imageSchema),
   artifacts: z.array(artifactSchema),
+  /** Only in a delta: its base and what it relies on the base for (absent in a full bundle). */
+  base: baseSchema.optional(),
   /** Every entry after bundle.json and its signature, in tar order. */
   entries: z.array(entrySchema),
 });
@@ -94,6 +118,7 @@ export type BundleImage = z.infer<typeof imageSchema>;
 export type BundleArtifact = z.infer<typeof artifactSchema>;
 export type VolumeEntry = z.infer<typeof volumeEntrySchema>;
 export type BundleVolumes = z.infer<typeof volumesSchema>;
+export type BundleBase = z.infer<typeof baseSchema>;
 
 /** The fixed names of the first entries (DESIGN.md §3). */
 export const MANIFEST_PATH = 'bundle.json';

@@ -2,7 +2,7 @@ import { stat, statfs } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { OciError } from '../oci/errors.ts';
 import { isNoSpace } from '../util/errors.ts';
-import { human } from '../util/units.ts';
+import { human } from '../util/format.ts';
 
 export interface SpaceNeed {
   /** Where bytes will be written (a directory that exists or will be created under an existing one). */

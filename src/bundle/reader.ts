@@ -250,7 +250,8 @@ async function checkTrailer(file: string, index: TarIndex): Promise<void> {
   if (tail.length !== extra || tail.some((b) => b !== 0)) throw bad(`trailing data: ${where} are not zero padding`);
 }
 
-function parseManifest(bytes: Buffer): AnyManifest {
+/** bundle.json bytes → the checked manifest (format version, schema, entry list rules). */
+export function parseManifest(bytes: Buffer): AnyManifest {
   let doc: unknown;
   try {
     doc = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));

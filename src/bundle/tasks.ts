@@ -11,6 +11,8 @@ import { parseReference } from '../oci/reference.ts';
 import type { Platform } from '../oci/types.ts';
 import { syncPrefix } from '../objects/cache.ts';
 import type { CachedObject, ObjectInfo, ObjectSource } from '../objects/types.ts';
+import { openSignedManifest, type SignedManifest } from './base.ts';
+import { cutDelta, savedBytes } from './delta.ts';
 import { fetchImages, imageEntries, planImages, shortName, type ImageSpec, type PlannedImage, SourceRegistries } from './images.ts';
 import type { BundleArtifact, BundleManifest } from './manifest.ts';
 import { checkSpace, explainNoSpace } from './plan.ts';
@@ -37,11 +39,14 @@ export interface BundleOptions {
   /** Split into volumes of at most this many bytes (--split-size). */
   splitSize?: number;
   signingKey?: KeyObject;
+  /** Cut a delta against this earlier bundle, trusted once its signature verifies with `publicKey`. */
+  base?: { file: string; publicKey: KeyObject };
   concurrency: number;
   toolVersion: string;
 }
 
 export interface BundleContext {
+  base?: SignedManifest;
   release?: ResolvedRelease;
   planned?: PlannedImage[];
   objects?: ObjectInfo[];
@@ -74,6 +79,22 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
   const { recipe } = o.recipe;
   const imagesDir = join(o.cacheDir, 'images');
   return [
+    {
+      title: 'Read the base bundle and check its signature',
+      skip: () => !o.base && 'no --base given',
+      task: async (ctx, task) => {
+        const { file, publicKey } = o.base!;
+        try {
+          ctx.base = await openSignedManifest(file, publicKey);
+        } catch (err) {
+          // One line that says which bundle it is about; the code (VERIFY, IO) is kept.
+          (err as Error).message = `the base ${file}: ${(err as Error).message}`;
+          throw err;
+        }
+        const m = ctx.base.manifest;
+        task.title = `Base: release ${m.release.version} (tag ${m.release.tag}), signed by ${ctx.base.verifiedBy}${m.base ? ', itself a delta' : ''}`;
+      },
+    },
     {
       title: 'Resolve the release and check it against SHA256SUMS',
       task: async (ctx, task) => {
@@ -184,9 +205,12 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
           throw await explainNoSpace(err, { dir: dirname(o.output), doing: `writing ${o.output}`, flag: '--output', ...(ctx.bundleBytes !== undefined ? { needed: ctx.bundleBytes } : {}) });
         });
         const v = ctx.result.volumes;
+        const base = ctx.result.manifest.base;
+        const saved = base ? savedBytes(base) : undefined;
+        const delta = saved ? `, a delta leaving out ${mib(saved.images + saved.artifacts)} its base holds` : '';
         task.title = v
-          ? `Wrote ${v.length} volumes ${basename(v[0]!.path)} … ${basename(v.at(-1)!.path)} (${mib(ctx.result.size)}, each at most ${o.splitSize} bytes)`
-          : `Wrote ${o.output} (${mib(ctx.result.size)}, sha256 ${ctx.result.sha256})`;
+          ? `Wrote ${v.length} volumes ${basename(v[0]!.path)} … ${basename(v.at(-1)!.path)} (${mib(ctx.result.size)}, each at most ${o.splitSize} bytes)${delta}`
+          : `Wrote ${o.output} (${mib(ctx.result.size)}, sha256 ${ctx.result.sha256})${delta}`;
       },
     },
   ];
@@ -218,7 +242,13 @@ async function writeOut(o: BundleOptions, ctx: BundleContext, progress: (done: n
     path: `artifacts/${c.bucket}/${c.key}`,
   }));
   const artifactEntries = cached.map((c, i) => fileEntry(artifacts[i]!.path, c.path, c.size, c.sha256));
-  const entries = [...releaseEntries, ...imageFiles, ...artifactEntries];
+  let entries = [...releaseEntries, ...imageFiles, ...artifactEntries];
+  let carried = artifacts;
+  let base: BundleManifest['base'];
+  if (ctx.base) {
+    const graphs = ctx.planned!.map((p) => ({ name: p.spec.name, manifests: p.graph.manifests, blobs: p.graph.blobs }));
+    ({ entries, artifacts: carried, base } = cutDelta({ entries, artifacts, graphs }, ctx.base));
+  }
   const mtime = bundleDate(release);
   const manifest: Omit<BundleManifest, 'entries' | 'signer'> = {
     formatVersion: 1,
@@ -228,7 +258,8 @@ async function writeOut(o: BundleOptions, ctx: BundleContext, progress: (done: n
     release: { version: release.version, tag: release.tag, archive: { path: `release/${release.archiveName}`, sha256: release.archive.sha256, size: release.archive.size } },
     customer: o.customer ? { ...(o.customer.name ? { name: o.customer.name } : {}), bucket: o.customer.bucket } : null,
     images,
-    artifacts,
+    artifacts: carried,
+    ...(base ? { base } : {}),
   };
   const total = entries.reduce((n, e) => n + e.size, 0);
   // Bytes written per tar entry (a volume's pieces count as entries of their own), summed.

@@ -8,10 +8,14 @@
  * one. A volume opened alone is checked just as far as it goes.
  */
 import { createHash, type Hash, type KeyObject } from 'node:crypto';
+import { parseManifest as parseOciManifest } from '../oci/graph.ts';
 import { REF_NAME, parseIndexJson } from '../oci/layout/index-json.ts';
+import { LayoutReader } from '../oci/layout/reader.ts';
+import type { Descriptor } from '../oci/types.ts';
+import { reliedDigests } from './delta.ts';
 import { isOciError } from '../oci/errors.ts';
 import { keyFingerprint } from './keys.ts';
-import { SIGNATURE_PATH } from './manifest.ts';
+import { SIGNATURE_PATH, type AnyManifest } from './manifest.ts';
 import { BundleError, type BundleTar, type OpenedBundle } from './reader.ts';
 import { verifyManifest } from './sign.ts';
 
@@ -37,7 +41,8 @@ const short = (hex: string): string => `${hex.slice(0, 12)}…`;
 
 export async function verifyBundle(b: OpenedBundle, opts: VerifyOptions = {}): Promise<VerifyResult> {
   const fingerprint = opts.publicKey ? checkSignature(b, opts.publicKey) : (b.manifest.signer?.fingerprint ?? null);
-  checkPromises(b);
+  const relied = reliedDigests(b.manifest);
+  checkPromises(b, relied);
   let bytes = 0;
   let entries = 0;
   const sizes = new Map(b.manifest.entries.map((e) => [e.path, e]));
@@ -57,17 +62,28 @@ export async function verifyBundle(b: OpenedBundle, opts: VerifyOptions = {}): P
       entries++;
     }
   }
-  if (b.complete) await checkImageIndex(b);
+  if (b.complete) {
+    await checkImageIndex(b, relied);
+    await checkGraphs(b, relied);
+  }
   const count = b.volumes?.list.length;
   return { fingerprint, entries, bytes, ...(count ? { volumes: { count, checked: b.tars.map((t) => t.volume!) } } : {}) };
 }
 
 /** Returns the key's fingerprint once bundle.json is proven to be signed by it. */
 function checkSignature(b: OpenedBundle, key: KeyObject): string {
+  return checkManifestSignature(b.manifestBytes, b.signature, b.manifest, key);
+}
+
+/**
+ * The check behind every signature decision (a bundle, a delta's base, `diff`): `signature` must
+ * verify `manifestBytes` with `key`, and bundle.json must name that key as its signer.
+ */
+export function checkManifestSignature(manifestBytes: Buffer, signature: string | undefined, manifest: AnyManifest, key: KeyObject): string {
   const want = keyFingerprint(key);
-  if (b.signature === undefined) throw bad(`the bundle is unsigned (it has no ${SIGNATURE_PATH}), but it must be signed by ${want}`);
-  const claimed = b.manifest.signer?.fingerprint;
-  if (!verifyManifest(b.manifestBytes, b.signature, key)) {
+  if (signature === undefined) throw bad(`the bundle is unsigned (it has no ${SIGNATURE_PATH}), but it must be signed by ${want}`);
+  const claimed = manifest.signer?.fingerprint;
+  if (!verifyManifest(manifestBytes, signature, key)) {
     // bundle.json's signer claim is not trusted yet; it only tells "another key" from "damaged".
     if (claimed !== undefined && claimed !== want) throw bad(`bundle.json is signed by ${claimed}, not by the given key ${want}`);
     throw bad(`${SIGNATURE_PATH} does not verify bundle.json with the key ${want}: bundle.json or its signature was changed or damaged`);
@@ -78,7 +94,7 @@ function checkSignature(b: OpenedBundle, key: KeyObject): string {
 }
 
 /** What bundle.json says the bundle holds must be among its entries, with the same hashes. */
-function checkPromises(b: OpenedBundle): void {
+function checkPromises(b: OpenedBundle, relied: Set<string>): void {
   const m = b.manifest;
   const entries = new Map(m.entries.map((e) => [e.path, e]));
   for (const ref of [m.release.archive, ...m.artifacts]) {
@@ -89,7 +105,7 @@ function checkPromises(b: OpenedBundle): void {
   for (const img of m.images) {
     for (const digest of [img.digest, ...img.platforms.map((p) => p.digest)]) {
       const path = `images/blobs/sha256/${digest.slice('sha256:'.length)}`;
-      if (!entries.has(path)) throw bad(`bundle.json lists the image ${img.name}:${img.tag} with ${digest}, but the bundle has no ${path}`);
+      if (!entries.has(path) && !relied.has(digest)) throw bad(`bundle.json lists the image ${img.name}:${img.tag} with ${digest}, but the bundle has no ${path}`);
     }
   }
 }
@@ -122,7 +138,7 @@ async function hashEntry(t: BundleTar, path: string, size: number, sha256: strin
 }
 
 /** Each image must be in images/index.json under its ref with its digest, or the installer cannot find it. */
-async function checkImageIndex(b: OpenedBundle): Promise<void> {
+async function checkImageIndex(b: OpenedBundle, relied: Set<string>): Promise<void> {
   if (b.manifest.images.length === 0) return;
   if (!b.entry('images/index.json')) throw bad('bundle.json lists images, but the bundle has no images/index.json');
   let index;
@@ -137,9 +153,49 @@ async function checkImageIndex(b: OpenedBundle): Promise<void> {
     if (!found) throw bad(`bundle.json lists the image ${img.ref}, but images/index.json has no entry for it`);
     if (found.digest !== img.digest) throw bad(`images/index.json names ${found.digest} for ${img.ref}, but bundle.json says ${img.digest}`);
   }
-  // Nor may the layout name content the bundle does not carry: an OCI layout must be whole.
+  // Nor may the layout name content the bundle does not carry (a delta: nor rely on).
   for (const d of index.manifests) {
     const hex = /^sha256:([a-f0-9]{64})$/.exec(d.digest)?.[1];
-    if (!hex || !b.entry(`images/blobs/sha256/${hex}`)) throw bad(`images/index.json names ${d.digest}, which is not in the bundle`);
+    if (!hex || (!b.entry(`images/blobs/sha256/${hex}`) && !relied.has(d.digest))) throw bad(`images/index.json names ${d.digest}, which is not in the bundle`);
   }
+}
+
+/**
+ * Every manifest the bundle carries may name only content it carries or (a delta) relies on, so
+ * an install never stops half-way for want of a blob. A relied-on manifest's subtree is the
+ * target's: install checks the manifest is there, and a registry holds a manifest only with its subtree.
+ */
+async function checkGraphs(b: OpenedBundle, relied: Set<string>): Promise<void> {
+  const layout = new LayoutReader(b.layoutFiles('images/'));
+  const seen = new Set<string>();
+  const carried = (digest: string): boolean => {
+    const hex = /^sha256:([a-f0-9]{64})$/.exec(digest)?.[1];
+    return hex !== undefined && b.entry(`images/blobs/sha256/${hex}`) !== undefined;
+  };
+  const need = (d: Descriptor, from: string): boolean => {
+    if (carried(d.digest)) return true;
+    if (relied.has(d.digest)) return false;
+    throw bad(`${from} names ${d.digest}, which the bundle neither carries nor relies on`);
+  };
+  const visit = async (d: Descriptor, from: string): Promise<void> => {
+    if (seen.has(d.digest)) return;
+    seen.add(d.digest);
+    if (!need(d, from)) return;
+    let doc;
+    try {
+      doc = parseOciManifest(await layout.fetchManifest(d), d);
+    } catch (err) {
+      if (isOciError(err)) throw bad(`manifest ${d.digest}: ${err.message}`);
+      throw err;
+    }
+    for (const child of doc.manifests ?? []) await visit(child, `manifest ${d.digest}`);
+    for (const blob of [...(doc.config ? [doc.config] : []), ...(doc.layers ?? [])]) need(blob, `manifest ${d.digest}`);
+  };
+  for (const img of b.manifest.images) await visit({ mediaType: img.mediaType, digest: img.digest, size: rootSize(b, img.digest) }, `the image ${img.ref}`);
+}
+
+/** A carried root's size is its entry's (its bytes are hashed against bundle.json already). */
+function rootSize(b: OpenedBundle, digest: string): number {
+  const hex = /^sha256:([a-f0-9]{64})$/.exec(digest)?.[1];
+  return (hex && b.entry(`images/blobs/sha256/${hex}`)?.size) || 0;
 }

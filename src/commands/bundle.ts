@@ -1,3 +1,4 @@
+import { createPublicKey } from 'node:crypto';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Flags, type Interfaces } from '@oclif/core';
@@ -6,7 +7,8 @@ import { listrOptions } from '../progress/listr.ts';
 import { AirgapCommand } from '../base-command.ts';
 import { SourceRegistries } from '../bundle/images.ts';
 import { loadRecipe } from '../bundle/recipe.ts';
-import { loadSigningKey } from '../bundle/sign.ts';
+import { deltaSummary } from '../bundle/delta.ts';
+import { loadPublicKey, loadSigningKey } from '../bundle/sign.ts';
 import { parseSplitSize } from '../bundle/split-size.ts';
 import { bundleTasks, refuseExisting, toolVersion, type BundleContext } from '../bundle/tasks.ts';
 import { isOciError } from '../oci/errors.ts';
@@ -26,9 +28,12 @@ export default class Bundle extends AirgapCommand {
     'fetched again), copies the customer bucket\'s migrations and LoRA checkpoints verified against GCS\'s hashes, and writes ONE ' +
     'uncompressed tar: bundle.json, its signature, SHA256SUMS, release/, images/ (an OCI image layout) and artifacts/. The same ' +
     'inputs give the same bytes. The output appears under its name only when complete and signed. With --split-size it is written ' +
-    'as volumes NAME.vol001.tar, NAME.vol002.tar, … that each carry the signed bundle.json and can each be verified alone.';
+    'as volumes NAME.vol001.tar, NAME.vol002.tar, … that each carry the signed bundle.json and can each be verified alone. With --base OLD it writes a ' +
+    'delta: image blobs and manifests OLD holds (by digest) and artifacts OLD holds (same key, same sha256) are left out and ' +
+    'listed in bundle.json, which also records OLD\'s bundle.json sha256 and signer; OLD\'s signature is checked first.';
   static override examples = [
     '<%= config.bin %> bundle --key-file key.json --customer acme --signing-key keys/bundle.key --output cartesia-2025.11.18.tar',
+    '<%= config.bin %> bundle --customer acme --signing-key keys/bundle.key --base cartesia-2025.11.18.tar --output cartesia-2025.12.02-delta.tar',
     '<%= config.bin %> bundle --release 2025.11.18-1 --models sonic-3.5,sonic-3 --platform linux/amd64 --customer acme --unsigned --output small.tar --json',
     '<%= config.bin %> bundle --customer acme --signing-key keys/bundle.key --output cartesia.tar --split-size dvd',
   ];
@@ -46,6 +51,8 @@ export default class Bundle extends AirgapCommand {
     'key-file': Flags.string({ description: 'service-account JSON key for GCS and the registry', env: 'GOOGLE_APPLICATION_CREDENTIALS' }),
     'registry-login': Flags.string({ description: 'send the key as _json_key, or exchange it for an access token', options: ['json_key', 'access_token'], default: 'json_key' }),
     'signing-key': Flags.string({ description: 'PKCS#8 PEM private key from `keys generate` (passphrase from CARTESIA_AIRGAP_KEY_PASSPHRASE)' }),
+    base: Flags.string({ description: 'make a delta: carry only what this earlier bundle (or its bundle.json, with bundle.json.sig beside it) lacks' }),
+    'base-public-key': Flags.string({ description: 'public key the base must be signed with (default: the public half of --signing-key)', dependsOn: ['base'] }),
     unsigned: Flags.boolean({ description: 'write an unsigned bundle (only for testing; install refuses it unless told)' }),
     'cache-dir': Flags.string({ description: 'content-addressed cache of images and objects', default: defaultCacheDir() }),
     'gcs-endpoint': Flags.string({ description: 'GCS API endpoint (a mirror or emulator)' }),
@@ -75,6 +82,9 @@ export default class Bundle extends AirgapCommand {
     await refuseExisting(output, splitSize !== undefined);
     const recipe = await loadRecipe(flags.recipe);
     const signingKey = flags['signing-key'] ? await loadSigningKey(flags['signing-key'], process.env.CARTESIA_AIRGAP_KEY_PASSPHRASE || undefined) : undefined;
+    // The base is trusted only once its signature verifies; by default with our own key's public half.
+    if (flags.base && !flags['base-public-key'] && !signingKey) this.error('--base needs --base-public-key (the key the base bundle was signed with) when the delta is not signed', { exit: 2 });
+    const base = flags.base ? { file: resolve(flags.base), publicKey: flags['base-public-key'] ? await loadPublicKey(flags['base-public-key']) : createPublicKey(signingKey!) } : undefined;
     const platform = flags.platform ? parsePlatform(flags.platform) : undefined;
     const sourceRegistry = (flags['source-registry'] ?? recipe.recipe.registry).replace(/\/+$/, '');
     const sourceHost = parseReference(`${sourceRegistry}/x`).registry;
@@ -105,6 +115,7 @@ export default class Bundle extends AirgapCommand {
         output,
         ...(splitSize !== undefined ? { splitSize } : {}),
         ...(signingKey ? { signingKey } : {}),
+        ...(base ? { base } : {}),
         concurrency: flags.concurrency,
         toolVersion: toolVersion(),
       }),
@@ -124,6 +135,7 @@ export default class Bundle extends AirgapCommand {
         transferred: { release: ctx.releaseBytesFetched, images: ctx.imageBytesFetched, artifacts: ctx.objectBytesFetched },
         // Split: `path` is the first volume and `sha256` that of bundle.json, which every volume carries.
         ...(r.volumes ? { volumes: r.volumes } : {}),
+        ...(r.manifest.base ? { base: deltaSummary(r.manifest.base) } : {}),
       };
       if (flags.json) process.stdout.write(`${JSON.stringify(summary)}\n`);
       else if (r.volumes) for (const v of r.volumes) this.log(`${v.path}  sha256 ${v.sha256}  ${v.size} bytes${signingKey ? '' : '  (UNSIGNED)'}`);

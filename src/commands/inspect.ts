@@ -3,9 +3,10 @@ import { basename, resolve } from 'node:path';
 import { Args, Flags } from '@oclif/core';
 import { AirgapCommand } from '../base-command.ts';
 import type { BundleArtifact, BundleImage } from '../bundle/manifest.ts';
+import { deltaSummary, type DeltaSummary } from '../bundle/delta.ts';
 import { openBundle } from '../bundle/reader.ts';
-import { human } from '../util/units.ts';
 import { firstVolumeIn, volumeFiles } from '../bundle/volume-set.ts';
+import { human, table } from '../util/format.ts';
 
 /**
  * The recipe's customer prefixes (bundles/cartesia.yaml): artifacts are grouped by them, anything
@@ -28,6 +29,8 @@ export interface InspectOutput {
   entries: number;
   /** A split bundle: the volume read, and every volume with what it holds and whether its file is beside it. */
   volumes?: { count: number; limit: number; read: number; list: { number: number; file: string; entries: number; bytes: number; present: boolean | null }[] };
+  /** A delta: its base and what it relies on the base for (the bytes it saves); null for a full bundle. */
+  base: DeltaSummary | null;
 }
 
 const platformText = (p: BundleImage['platforms'][number]): string => [p.os, p.architecture, ...(p.variant ? [p.variant] : [])].join('/');
@@ -52,13 +55,8 @@ function groupArtifacts(artifacts: readonly BundleArtifact[]): InspectOutput['ar
   return [...groups.values()].sort((x, y) => (x.bucket === y.bucket ? (x.prefix < y.prefix ? -1 : 1) : x.bucket < y.bucket ? -1 : 1));
 }
 
-function table(rows: string[][]): string[] {
-  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
-  return rows.map((r) => r.map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]!))).join('  ').trimEnd());
-}
-
 export default class Inspect extends AirgapCommand {
-  static override summary = 'Show what a bundle holds: release, images, artifacts, signer. Verifies nothing.';
+  static override summary = 'Show what a bundle holds: release, images, artifacts, signer, and for a delta its base and the bytes saved. Verifies nothing.';
   static override description =
     'Reads bundle.json and the tar\'s structure in place (the same structural checks as verify, no hashing and no signature ' +
     'check: use `verify` before trusting anything shown here).';
@@ -108,6 +106,7 @@ export default class Inspect extends AirgapCommand {
             },
           }
         : {}),
+      base: m.base ? deltaSummary(m.base) : null,
     };
     if (flags.json) {
       process.stdout.write(`${JSON.stringify(out)}\n`);
@@ -119,6 +118,11 @@ export default class Inspect extends AirgapCommand {
     this.log(`tool      ${out.tool.name} ${out.tool.version}  (format ${out.formatVersion})`);
     this.log(`signer    ${out.signer ?? 'unsigned'}${out.signer ? '  (not verified; run `verify --public-key`)' : ''}`);
     if (out.customer) this.log(`customer  ${out.customer.name ?? '-'}  gs://${out.customer.bucket}`);
+    if (out.base) {
+      const d = out.base;
+      this.log(`delta     of release ${d.release.version} (tag ${d.release.tag}), base bundle.json sha256 ${d.manifestSha256}, signed by ${d.signer}`);
+      this.log(`          relies on ${d.relies.manifests} manifests and ${d.relies.blobs} blobs (${human(d.saved.images)}) and ${d.relies.artifacts} artifacts (${human(d.saved.artifacts)}) already installed: ${human(d.saved.total)} (${d.saved.total} bytes) not carried`);
+    }
     this.log('');
     this.log(`images (${out.images.length})`);
     if (out.images.length > 0) {

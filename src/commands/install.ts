@@ -10,6 +10,7 @@ import { loadPublicKey } from '../bundle/sign.ts';
 import { toolVersion } from '../bundle/tasks.ts';
 import { isCodedError } from '../util/errors.ts';
 import { parseRegistryTarget } from '../install/images.ts';
+import { BaseMissingError } from '../install/delta.ts';
 import { installTasks, type InstallContext } from '../install/tasks.ts';
 import { Transport } from '../oci/http/transport.ts';
 import { S3Sink } from '../objects/s3.ts';
@@ -22,7 +23,9 @@ export default class Install extends AirgapCommand {
     'that passes. Then pushes every image to REGISTRY/PREFIX/<name>:<tag> with the same digests (blobs the registry has are skipped, ' +
     'tags written last), uploads the customer artifacts under their own keys (identical objects skipped, every object checked), renders ' +
     "the chart's own values.yaml with the registry, tag and offline-licensing settings (comments and order kept), and writes a receipt. " +
-    'A split bundle is given as its first volume or its directory: every volume is checked, read in place and never joined.';
+    'A split bundle is given as its first volume or its directory: every volume is checked, read in place and never joined. ' +
+    'A delta bundle (`bundle --base`) is installed only where its base was: every manifest, blob and object it relies on is looked ' +
+    'up in the registry and bucket first, and if any is missing nothing is written (exit 4, each missing item listed).';
   static override examples = [
     '<%= config.bin %> install cartesia.tar --public-key bundle.pub --registry registry.internal:5000/cartesia --s3-endpoint https://minio.internal:9000 --license license.json --storage-class standard',
     'printf %s "$PASSWORD" | <%= config.bin %> install cartesia.tar --public-key bundle.pub --registry registry.internal/cartesia --registry-username ci --registry-password-stdin --dry-run',
@@ -57,8 +60,12 @@ export default class Install extends AirgapCommand {
     try {
       return await this.#install(args.bundle, flags);
     } catch (err) {
-      // Verification failures exit 3 (as `verify` does); bad usage 2.
+      // Verification failures exit 3 (as `verify` does); a delta whose base is not installed 4; bad usage 2.
       if (isCodedError(err, 'VERIFY')) this.error(err.message, { exit: 3 });
+      if (err instanceof BaseMissingError) {
+        process.stderr.write(`Error: ${err.message}\n${err.items.map((i) => `  missing: ${i}\n`).join('')}`);
+        this.exit(4);
+      }
       if (isCodedError(err, 'BAD_REFERENCE')) this.error(err.message, { exit: 2 });
       throw err;
     }
@@ -76,8 +83,9 @@ export default class Install extends AirgapCommand {
     const bucket = flags['s3-bucket'] ?? m.customer?.bucket;
     const valuesOut = resolve(flags['values-out']);
     const receiptOut = resolve(flags.receipt ?? join(dirname(valuesOut), 'cartesia-install-receipt.json'));
+    // A delta may carry no artifact yet rely on some: the bucket is still checked and named in values.
     const s3 =
-      m.artifacts.length > 0 && bucket
+      m.artifacts.length + (m.base?.relies.artifacts.length ?? 0) > 0 && bucket
         ? new S3Sink({ bucket, region: flags['s3-region'], ...(flags['s3-endpoint'] ? { endpoint: flags['s3-endpoint'] } : {}), ...(flags['s3-ca-file'] ? { caFile: flags['s3-ca-file'] } : {}) })
         : undefined;
     const registryText = target.prefix ? `${target.host}/${target.prefix}` : target.host;
@@ -134,6 +142,7 @@ export default class Install extends AirgapCommand {
       dryRun: flags['dry-run'],
       bundle: { path: bundle.file, sha256: ctx.bundleSha256, signer: ctx.fingerprint ?? null, verified: Boolean(publicKey), ...(ctx.volumes ? { volumes: ctx.volumes.length } : {}) },
       release: { version: m.release.version, tag: m.release.tag },
+      ...(m.base ? { base: { release: m.base.release, manifestSha256: m.base.manifestSha256, found: ctx.relied ? { manifests: ctx.relied.manifests, blobs: ctx.relied.blobs, artifacts: ctx.relied.artifacts } : undefined } } : {}),
       plan: flags['dry-run']
         ? { images: m.images.map((i) => `${registryText}/${i.name}:${i.tag}@${i.digest}`), artifacts: s3 ? m.artifacts.map((a) => `${s3.description}/${a.key}`) : [], values: valuesOut, receipt: receiptOut }
         : undefined,

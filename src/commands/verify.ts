@@ -3,6 +3,7 @@ import { stat } from 'node:fs/promises';
 import { basename, resolve } from 'node:path';
 import { Args, Flags } from '@oclif/core';
 import { AirgapCommand } from '../base-command.ts';
+import { deltaSummary } from '../bundle/delta.ts';
 import { openBundle, type OpenedBundle } from '../bundle/reader.ts';
 import { openBundleSet } from '../bundle/volume-set.ts';
 import { loadPublicKey } from '../bundle/sign.ts';
@@ -56,11 +57,12 @@ export default class Verify extends AirgapCommand {
     };
     let result: VerifyResult;
     let files: string[] = [];
+    let bundle: OpenedBundle;
     try {
       const publicKey: KeyObject | undefined = flags['public-key'] ? await loadPublicKey(flags['public-key']) : undefined;
       const path = resolve(args.bundle);
       // A directory is a set of volumes; a file is a bundle, or one volume checked on its own.
-      const bundle: OpenedBundle = (await stat(path).then((s) => s.isDirectory(), () => false)) ? await openBundleSet(path) : await openBundle(path);
+      bundle = (await stat(path).then((s) => s.isDirectory(), () => false)) ? await openBundleSet(path) : await openBundle(path);
       result = await verifyBundle(bundle, { ...(publicKey ? { publicKey } : {}), ...(flags.json ? {} : { onEntry: progress() }) });
       files = bundle.tars.map((t) => basename(t.file));
     } catch (err) {
@@ -85,6 +87,11 @@ export default class Verify extends AirgapCommand {
       } else {
         this.log(`volume       ${v.checked[0]} of ${v.count} (${files[0]})`);
         this.log(`OK: volume ${v.checked[0]} of ${v.count}: ${result.entries} entries, ${result.bytes} bytes verified${notChecked}; give the directory of all ${v.count} volumes to check the set`);
+      }
+      const base = bundle.manifest.base;
+      if (base) {
+        const d = deltaSummary(base);
+        this.log(`delta of release ${d.release.version} (base bundle.json sha256 ${d.manifestSha256}): install needs ${d.relies.manifests} manifests, ${d.relies.blobs} blobs and ${d.relies.artifacts} artifacts already in the target`);
       }
     }
     return out;

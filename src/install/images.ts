@@ -5,7 +5,9 @@ import type { EndpointOptions, Transport } from '../oci/http/transport.ts';
 import { LayoutReader } from '../oci/layout/reader.ts';
 import { parseReference } from '../oci/reference.ts';
 import { registryClient } from '../oci/stores.ts';
+import type { RegistryClient } from '../oci/registry/client.ts';
 import { RemoteRepository } from '../oci/registry/repository.ts';
+import { FallbackSource } from '../oci/fallback.ts';
 import type { BlobOrigin, LayoutFiles } from '../oci/types.ts';
 import type { BundleImage } from '../bundle/manifest.ts';
 
@@ -43,10 +45,23 @@ export async function pushImages(
   images: BundleImage[],
   layout: LayoutFiles,
   target: RegistryTarget,
-  opts: { transport: Transport; login: LoginOptions; endpoint?: EndpointOptions; concurrency?: number; onEvent?: (image: string, e: CopyEvent) => void },
+  opts: {
+    transport: Transport;
+    login: LoginOptions;
+    endpoint?: EndpointOptions;
+    concurrency?: number;
+    onEvent?: (image: string, e: CopyEvent) => void;
+    /** A client already logged in to the target (else one is made). */
+    client?: RegistryClient;
+    /** A delta: where in the target each content the bundle leaves out is (found by checkRelied). */
+    locate?: (digest: string) => RemoteRepository | undefined;
+  },
 ): Promise<PushedImage[]> {
-  const client = await registryClient(target.host, opts.transport, { login: opts.login, ...(opts.endpoint ? { endpoint: opts.endpoint } : {}) });
-  const src = new LayoutReader(layout);
+  const client = opts.client ?? (await registryClient(target.host, opts.transport, { login: opts.login, ...(opts.endpoint ? { endpoint: opts.endpoint } : {}) }));
+  const layoutReader = new LayoutReader(layout);
+  // A delta's unchanged images are tagged from the manifests already in the target.
+  const src = opts.locate ? new FallbackSource(layoutReader, opts.locate) : layoutReader;
+  const { locate } = opts;
   const seen = new Map<string, BlobOrigin>();
   const pushed: PushedImage[] = [];
   for (const image of images) {
@@ -54,7 +69,7 @@ export async function pushImages(
     const dst = new RemoteRepository(client, repository);
     const result = await copyGraph(src, dst, image.ref, image.tag, {
       ...(opts.concurrency ? { concurrency: opts.concurrency } : {}),
-      mountFrom: (d) => seen.get(d.digest),
+      mountFrom: (d) => seen.get(d.digest) ?? locate?.(d.digest)?.origin,
       onEvent: (e) => {
         if (e.type === 'blob-done' && !seen.has(e.digest)) seen.set(e.digest, { registry: target.host, repository });
         opts.onEvent?.(image.name, e);

@@ -15,6 +15,8 @@ export interface Receipt {
   storage: { endpoint: string; bucket: string; objects: { key: string; sha256: string; size: number; how: 'uploaded' | 'skipped' }[] } | null;
   values: { path: string; set: { path: string; value: unknown }[]; unknown: string[]; schemaErrors: string[] } | null;
   env: { path: string } | null;
+  /** A delta: its base, and how many relied-on items were found in the target before anything was written. */
+  base?: { manifestSha256: string; signer: string; release: { version: string; tag: string }; found: { manifests: number; blobs: number; artifacts: number } };
 }
 
 export const receiptImages = (pushed: PushedImage[]): NonNullable<Receipt['registry']>['images'] =>

@@ -11,6 +11,9 @@ import type { PutResult, S3Sink } from '../objects/s3.ts';
 import type { Facts } from '../render/values.ts';
 import { writeFileAtomic } from '../util/atomic.ts';
 import { throttledOutput } from '../progress/throttle.ts';
+import { registryClient } from '../oci/stores.ts';
+import type { RegistryClient } from '../oci/registry/client.ts';
+import { checkRelied, type ReliedFound } from './delta.ts';
 import { pushImages, type PushedImage, type RegistryTarget } from './images.ts';
 import { receiptImages, type Receipt } from './receipt.ts';
 import { renderForInstall, type Rendered } from './render.ts';
@@ -34,6 +37,8 @@ export interface InstallOptions {
 
 export interface InstallContext {
   startedAt: Date;
+  /** A delta: where the target holds what the bundle leaves out. */
+  relied?: ReliedFound;
   fingerprint?: string | null;
   bundleSha256?: string;
   /** A split bundle's volume files. */
@@ -64,6 +69,10 @@ async function tarSha256s(b: OpenedBundle): Promise<string[]> {
 /** The phases of `install`: everything is checked before the first write anywhere. */
 export function installTasks(o: InstallOptions): ListrTask<InstallContext>[] {
   const m = o.bundle.manifest;
+  // One login (and token cache) for the delta check and the push.
+  let registry: Promise<RegistryClient> | undefined;
+  const client = (): Promise<RegistryClient> =>
+    (registry ??= registryClient(o.registry.target.host, o.transport, { login: o.registry.login, ...(o.registry.endpoint ? { endpoint: o.registry.endpoint } : {}) }));
   return [
     {
       title: 'Verify the bundle (signature, then every entry)',
@@ -97,12 +106,31 @@ export function installTasks(o: InstallOptions): ListrTask<InstallContext>[] {
       },
     },
     {
+      title: 'Check the target holds what this delta relies on',
+      skip: () => !m.base && 'not a delta',
+      task: async (ctx, task) => {
+        const base = m.base!;
+        ctx.relied = await checkRelied(base, {
+          client: await client(),
+          target: o.registry.target,
+          imageNames: m.images.map((i) => i.name),
+          ...(o.s3 ? { s3: o.s3 } : {}),
+          concurrency: o.concurrency,
+        });
+        const r = ctx.relied;
+        task.title = `The target holds all this delta relies on from release ${base.release.version}: ${r.manifests} manifests, ${r.blobs} blobs, ${r.artifacts} artifacts`;
+      },
+    },
+    {
       title: `Push ${m.images.length} images to ${o.registry.description}`,
       skip: () => o.dryRun && 'dry run',
       task: async (ctx, task) => {
         const show = throttledOutput(task);
         let bytes = 0;
+        const locations = ctx.relied?.locations;
         ctx.pushed = await pushImages(m.images, o.bundle.layoutFiles('images/'), o.registry.target, {
+          client: await client(),
+          ...(locations ? { locate: (digest: string) => locations.get(digest) } : {}),
           transport: o.transport,
           login: o.registry.login,
           ...(o.registry.endpoint ? { endpoint: o.registry.endpoint } : {}),
@@ -163,5 +191,8 @@ function receipt(o: InstallOptions, ctx: InstallContext): Receipt {
     storage: o.s3 && ctx.uploaded ? { endpoint: o.s3.description, bucket: o.s3.bucket, objects: ctx.uploaded.map((u) => ({ key: u.key, sha256: u.sha256, size: u.size, how: u.how })) } : null,
     values: { path: o.valuesOut, set: v.set.map((s) => ({ path: s.path, value: s.value })), unknown: v.unknown, schemaErrors: v.schemaErrors },
     env: o.envOut && ctx.rendered!.env ? { path: o.envOut } : null,
+    ...(m.base && ctx.relied
+      ? { base: { manifestSha256: m.base.manifestSha256, signer: m.base.signer.fingerprint, release: m.base.release, found: { manifests: ctx.relied.manifests, blobs: ctx.relied.blobs, artifacts: ctx.relied.artifacts } } }
+      : {}),
   };
 }
