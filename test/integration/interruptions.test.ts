@@ -385,11 +385,11 @@ describe.skipIf(noTmpfs)(`bundle on a full disk${noTmpfs ? ` (skipped: ${noTmpfs
     full('`--output` on a 512 KiB tmpfs (pre-flight)', { onTmpfs: 'output', size: '512k', error: (mnt) => new RegExp(`^Error: not enough space on the file system of ${mnt}: ${human} needed \\(bundle ${human}\\), ${human} free; free some space or choose another --output$`) }));
 
   it('output: the disk fills after the check, while the tar is written', () =>
-    full('`--output` on a 4 MiB tmpfs filled to 256 KiB free after the check (mid-write)', { onTmpfs: 'output', size: '4m', fillAfterCheck: 256 << 10, error: (mnt, out) => new RegExp(`^Error: no space left on the file system of ${mnt} while writing ${out} \\(about ${human} needed, ${human} free\\); free some space or choose another --output, then run again \\(finished downloads are kept\\)$`) }));
+    full('`--output` on a 4 MiB tmpfs filled to 256 KiB free after the check (mid-write)', { onTmpfs: 'output', size: '4m', fillAfterCheck: 256 << 10, error: (mnt, out) => new RegExp(`^Error: no space left on the file system of ${mnt} \\(ENOSPC\\) while writing ${out} \\(about ${human} needed, ${human} free\\); free some space or choose another --output, then run again \\(finished downloads are kept\\)$`) }));
 
   it('cache: refused by the space check', () =>
     full('`--cache-dir` on a 512 KiB tmpfs (pre-flight)', { onTmpfs: 'cache', size: '512k', error: (mnt) => new RegExp(`^Error: not enough space on the file system of ${mnt}/cache: ${human} needed \\(cache ${human}\\), ${human} free; free some space or choose another --cache-dir$`) }));
 
   it('cache: the disk fills after the check, while images are fetched', () =>
-    full('`--cache-dir` on a 4 MiB tmpfs filled to 200 KiB free after the check (mid-fetch)', { onTmpfs: 'cache', size: '4m', fillAfterCheck: 200 << 10, error: (mnt) => new RegExp(`^Error: no space left on the file system of ${mnt}/cache/images while fetching the images into the cache \\(about ${human} needed, ${human} free\\); free some space or choose another --cache-dir, then run again \\(finished downloads are kept\\)$`) }));
+    full('`--cache-dir` on a 4 MiB tmpfs filled to 200 KiB free after the check (mid-fetch)', { onTmpfs: 'cache', size: '4m', fillAfterCheck: 200 << 10, error: (mnt) => new RegExp(`^Error: no space left on the file system of ${mnt}/cache/images \\(ENOSPC\\) while fetching the images into the cache \\(about ${human} needed, ${human} free\\); free some space or choose another --cache-dir, then run again \\(finished downloads are kept\\)$`) }));
 });
