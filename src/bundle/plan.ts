@@ -1,7 +1,7 @@
 import { stat, statfs } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { OciError } from '../oci/errors.ts';
-import { isNoSpace } from '../util/errors.ts';
+import { noSpaceCode } from '../util/errors.ts';
 import { human } from '../util/format.ts';
 
 export interface SpaceNeed {
@@ -65,13 +65,14 @@ export async function checkSpace(needs: SpaceNeed[]): Promise<void> {
  * pass through unchanged.
  */
 export async function explainNoSpace(err: unknown, o: { dir: string; doing: string; flag: string; needed?: number }): Promise<unknown> {
-  if (!isNoSpace(err)) return err;
+  const code = noSpaceCode(err);
+  if (!code) return err;
   const dir = await existingAncestor(o.dir);
   const free = await freeBytes(dir).catch(() => undefined);
   const figures = [o.needed !== undefined ? `about ${human(o.needed)} needed` : '', free !== undefined ? `${human(free)} free` : ''].filter(Boolean).join(', ');
   return new OciError(
     'TOO_LARGE',
-    `no space left on the file system of ${dir} while ${o.doing}${figures ? ` (${figures})` : ''}; free some space or ${choose([o.flag])}, then run again (finished downloads are kept)`,
+    `${code === 'EDQUOT' ? 'the disk quota is used up' : 'no space left'} on the file system of ${dir} (${code}) while ${o.doing}${figures ? ` (${figures})` : ''}; free some space or ${choose([o.flag])}, then run again (finished downloads are kept)`,
     { cause: err },
   );
 }

@@ -16,11 +16,13 @@ export class CodedError<C extends string = string> extends Error {
 export const isCodedError = (err: unknown, code?: string): err is CodedError =>
   err instanceof CodedError && (code === undefined || err.code === code);
 
-/** ENOSPC or EDQUOT anywhere in an error's cause chain: the disk filled up under us. */
-export function isNoSpace(err: unknown): boolean {
+/** ENOSPC or EDQUOT found anywhere in an error's cause chain (the disk filled up under us), else undefined. */
+export function noSpaceCode(err: unknown): 'ENOSPC' | 'EDQUOT' | undefined {
   for (let e = err, depth = 0; e && depth < 8; e = (e as { cause?: unknown }).cause, depth++) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOSPC' || code === 'EDQUOT') return true;
+    if (code === 'ENOSPC' || code === 'EDQUOT') return code;
   }
-  return false;
+  return undefined;
 }
+
+export const isNoSpace = (err: unknown): boolean => noSpaceCode(err) !== undefined;

@@ -102,7 +102,7 @@ const installScenarios: Spec[][] = [
   [time('images'), time('artifacts'), file('write', 'out', 'temp file of values.yaml', 1)],
 ];
 
-interface Row { command: string; n: number; phase: string; landed: string; trigger: string; chained: boolean; attempts: number; again: number; rerun: number; inflight: number }
+interface Row { command: string; n: number; phase: string; landed: string; trigger: string; used: string; chained: boolean; attempts: number; again: number; rerun: number; inflight: number }
 const rows: Row[] = [];
 const diskRows: { case: string; exit: number | null; error: string; rerun: string }[] = [];
 
@@ -110,7 +110,7 @@ const diskRows: { case: string; exit: number | null; error: string; rerun: strin
  * Runs one scenario from a fresh state: each point's kill, the checks after it, and again from a
  * fresh state (with the trigger earlier) when a kill did not land in its planned phase.
  */
-async function killChain<S, C extends { problems: string[]; complete?: boolean }>(command: string, chain: Spec[], o: { fresh: () => Promise<S>; args: (s: S) => string[]; env: NodeJS.ProcessEnv; phases: Phase[]; durations: Map<string, number>; dir: (s: S, where: string) => string; check: (s: S) => Promise<C> }): Promise<{ state: S; landed: string[]; attempts: number; last: C }> {
+async function killChain<S, C extends { problems: string[]; complete?: boolean }>(command: string, chain: Spec[], o: { fresh: () => Promise<S>; args: (s: S) => string[]; env: NodeJS.ProcessEnv; phases: Phase[]; durations: Map<string, number>; dir: (s: S, where: string) => string; check: (s: S) => Promise<C> }): Promise<{ state: S; landed: string[]; attempts: number; last: C; used: Spec[] }> {
   const specs = [...chain];
   for (let attempt = 0; ; attempt++) {
     const final = attempt === 2;
@@ -140,14 +140,14 @@ async function killChain<S, C extends { problems: string[]; complete?: boolean }
         break;
       }
     }
-    if (!retry) return { state, landed, attempts: attempt + 1, last };
+    if (!retry) return { state, landed, attempts: attempt + 1, last, used: specs };
   }
 }
 
-function record(command: string, chain: Spec[], landed: string[], figures: { attempts: number; again: number; rerun: number; inflight: number }): void {
+function record(command: string, chain: Spec[], used: Spec[], landed: string[], figures: { attempts: number; again: number; rerun: number; inflight: number }): void {
   chain.forEach((spec, i) => {
-    const t = spec.trigger;
-    rows.push({ command, n: rows.filter((r) => r.command === command).length + 1, phase: spec.phase, landed: landed[i]!, trigger: t.kind === 'time' ? describeTrigger(t) : describeTrigger({ ...t, dir: '' }), chained: i > 0, ...figures });
+    const text = (t: Spec['trigger']) => (t.kind === 'time' ? describeTrigger(t) : describeTrigger({ ...t, dir: '' }));
+    rows.push({ command, n: rows.filter((r) => r.command === command).length + 1, phase: spec.phase, landed: landed[i]!, trigger: text(spec.trigger), used: text(used[i]!.trigger), chained: i > 0, ...figures });
   });
 }
 
@@ -173,7 +173,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   const kb = (n: number) => `${(n / 1024).toFixed(1)} KiB`;
-  const perRun = rows.map((r) => `${r.command} #${r.n} ${r.phase}→${r.landed} (${r.trigger}, attempt ${r.attempts}): re-run moved ${kb(r.rerun)}, finished work moved again ${r.again} B, in flight at the kill ${kb(r.inflight)}`);
+  const perRun = rows.map((r) => `${r.command} #${r.n} ${r.phase}→${r.landed} (${r.used}, attempt ${r.attempts}): re-run moved ${kb(r.rerun)}, finished work moved again ${r.again} B, in flight at the kill ${kb(r.inflight)}`);
   console.log(perRun.join('\n'));
   await writeFile(join(bed.root, 'interruptions-per-run.txt'), `${perRun.join('\n')}\n`);
   if (rows.length !== sum([...bundleScenarios, ...installScenarios].map((c) => c.length)) || (diskRows.length !== 4 && !noTmpfs)) return;
@@ -188,7 +188,7 @@ afterAll(async () => {
     '',
     '"Finished work moved again": bytes the completing run transferred (its `--json` `transferred` figures) beyond what was missing after the kill, counting a blob/object as finished when it is whole in the cache, registry repository or bucket; partial image blobs in the cache resume from their last byte. Only work in flight at the kill is lost: an object download (its temp file is swept by the next run), a registry upload session, an S3 put. Per-run byte figures are printed by the test, not kept here.',
     '',
-    '| command | # | phase killed in | kill point | checks at the kill | re-run | finished work moved again |',
+    '| command | # | phase killed in | kill point (planned) | checks at the kill | re-run | finished work moved again |',
     '| --- | --- | --- | --- | --- | --- | --- |',
     ...rows.map(row),
     '',
@@ -223,7 +223,7 @@ describe(`bundle killed with SIGKILL at ${sum(bundleScenarios.map((c) => c.lengt
       const stray = out.filter((n) => n !== 'bundle.tar' && n !== 'bundle.tar.partial').map((n) => `unexpected ${n} next to the bundle`);
       return { problems: [...layout.problems, ...objects.problems, ...final, ...stray], layout, objects, complete: out.includes('bundle.tar') };
     };
-    const { state: d, landed, attempts, last } = await killChain('bundle', chain, {
+    const { state: d, landed, attempts, last, used } = await killChain('bundle', chain, {
       fresh: dirs,
       args: (s) => bundleArgs(s.bundle, s.cache),
       env: {},
@@ -235,7 +235,7 @@ describe(`bundle killed with SIGKILL at ${sum(bundleScenarios.map((c) => c.lengt
 
     if (landed.at(-1) === 'done') {
       // Killed after the rename: the bundle is whole (checked above); a re-run would rightly refuse to overwrite it.
-      record('bundle', chain, landed, { attempts, again: 0, rerun: 0, inflight: 0 });
+      record('bundle', chain, used, landed, { attempts, again: 0, rerun: 0, inflight: 0 });
       return;
     }
     // What is finished after the kill, counted from outside.
@@ -254,7 +254,7 @@ describe(`bundle killed with SIGKILL at ${sum(bundleScenarios.map((c) => c.lengt
     // The temp file of a download the kill cut short was swept by the re-run.
     expect(await readdir(join(d.cache, 'objects', 'tmp'))).toEqual([]);
     expect((await check(d)).problems).toEqual([]);
-    record('bundle', chain, landed, { attempts, again: sum(Object.values(moved)) - sum(Object.values(missing)), rerun: sum(Object.values(moved)), inflight: objects.tmpBytes + blobsPartial });
+    record('bundle', chain, used, landed, { attempts, again: sum(Object.values(moved)) - sum(Object.values(missing)), rerun: sum(Object.values(moved)), inflight: objects.tmpBytes + blobsPartial });
   });
 });
 
@@ -295,7 +295,7 @@ describe(`install killed with SIGKILL at ${sum(installScenarios.map((c) => c.len
       for (const [n, text] of out.files) s.seen.set(n, text); // compared with the finished run's below
       return { problems: [...registry.problems, ...bucket.problems, ...out.problems], registry, bucket };
     };
-    const { state: s, landed, attempts, last } = await killChain('install', chain, {
+    const { state: s, landed, attempts, last, used } = await killChain('install', chain, {
       fresh,
       args: (x) => installArgs(clean.bundle, join(keys, 'bundle.pub'), x.prefix, x.bucket, x.out),
       env: installEnv,
@@ -325,7 +325,7 @@ describe(`install killed with SIGKILL at ${sum(installScenarios.map((c) => c.len
     if (s.seen.has('values.yaml')) expect(s.seen.get('values.yaml')).toBe(values);
     if (s.seen.has('.env')) expect(s.seen.get('.env')).toBe(env);
     expect(moved).toEqual(missing);
-    record('install', chain, landed, { attempts, again: sum(Object.values(moved)) - sum(Object.values(missing)), rerun: sum(Object.values(moved)), inflight: registry.uploadBytes });
+    record('install', chain, used, landed, { attempts, again: sum(Object.values(moved)) - sum(Object.values(missing)), rerun: sum(Object.values(moved)), inflight: registry.uploadBytes });
   });
 });
 
@@ -385,11 +385,11 @@ describe.skipIf(noTmpfs)(`bundle on a full disk${noTmpfs ? ` (skipped: ${noTmpfs
     full('`--output` on a 512 KiB tmpfs (pre-flight)', { onTmpfs: 'output', size: '512k', error: (mnt) => new RegExp(`^Error: not enough space on the file system of ${mnt}: ${human} needed \\(bundle ${human}\\), ${human} free; free some space or choose another --output$`) }));
 
   it('output: the disk fills after the check, while the tar is written', () =>
-    full('`--output` on a 4 MiB tmpfs filled to 256 KiB free after the check (mid-write)', { onTmpfs: 'output', size: '4m', fillAfterCheck: 256 << 10, error: (mnt, out) => new RegExp(`^Error: no space left on the file system of ${mnt} while writing ${out} \\(about ${human} needed, ${human} free\\); free some space or choose another --output, then run again \\(finished downloads are kept\\)$`) }));
+    full('`--output` on a 4 MiB tmpfs filled to 256 KiB free after the check (mid-write)', { onTmpfs: 'output', size: '4m', fillAfterCheck: 256 << 10, error: (mnt, out) => new RegExp(`^Error: no space left on the file system of ${mnt} \\(ENOSPC\\) while writing ${out} \\(about ${human} needed, ${human} free\\); free some space or choose another --output, then run again \\(finished downloads are kept\\)$`) }));
 
   it('cache: refused by the space check', () =>
     full('`--cache-dir` on a 512 KiB tmpfs (pre-flight)', { onTmpfs: 'cache', size: '512k', error: (mnt) => new RegExp(`^Error: not enough space on the file system of ${mnt}/cache: ${human} needed \\(cache ${human}\\), ${human} free; free some space or choose another --cache-dir$`) }));
 
   it('cache: the disk fills after the check, while images are fetched', () =>
-    full('`--cache-dir` on a 4 MiB tmpfs filled to 200 KiB free after the check (mid-fetch)', { onTmpfs: 'cache', size: '4m', fillAfterCheck: 200 << 10, error: (mnt) => new RegExp(`^Error: no space left on the file system of ${mnt}/cache/images while fetching the images into the cache \\(about ${human} needed, ${human} free\\); free some space or choose another --cache-dir, then run again \\(finished downloads are kept\\)$`) }));
+    full('`--cache-dir` on a 4 MiB tmpfs filled to 200 KiB free after the check (mid-fetch)', { onTmpfs: 'cache', size: '4m', fillAfterCheck: 200 << 10, error: (mnt) => new RegExp(`^Error: no space left on the file system of ${mnt}/cache/images \\(ENOSPC\\) while fetching the images into the cache \\(about ${human} needed, ${human} free\\); free some space or choose another --cache-dir, then run again \\(finished downloads are kept\\)$`) }));
 });

@@ -28,7 +28,7 @@ describe('explainNoSpace', () => {
     const wrapped = new Error('cannot write /x/out.tar.partial', { cause: enospc });
     const err = (await explainNoSpace(wrapped, { dir: join(tmpdir(), 'not', 'made'), doing: 'writing /x/out.tar', flag: '--output', needed: 3 * 2 ** 20 })) as Error;
     expect(isOciError(err, 'TOO_LARGE')).toBe(true);
-    expect(err.message).toMatch(new RegExp(`^no space left on the file system of ${tmpdir()} while writing /x/out\\.tar \\(about 3\\.0 MiB needed, [\\d.]+ (B|KiB|MiB|GiB|TiB) free\\); free some space or choose another --output, then run again`));
+    expect(err.message).toMatch(new RegExp(`^no space left on the file system of ${tmpdir()} \\(ENOSPC\\) while writing /x/out\\.tar \\(about 3\\.0 MiB needed, [\\d.]+ (B|KiB|MiB|GiB|TiB) free\\); free some space or choose another --output, then run again`));
   });
 
   it('passes other errors through unchanged', async () => {
