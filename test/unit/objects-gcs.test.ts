@@ -116,3 +116,55 @@ describe('GcsSource.read against a stand-in server', () => {
     expect(err.message).toBe('gs://b/k generation 6 is no longer available; it was overwritten or deleted');
   });
 });
+
+describe('GcsSource.read: resumed and stalled reads', () => {
+  const data = randomBytes(60_000);
+  const ranges: (string | undefined)[] = [];
+  /** 'range' honours Range, 'ignore' answers 200 with everything, 'stall' sends 1000 bytes then nothing, 'silent' nothing at all. */
+  let mode: 'range' | 'ignore' | 'stall' | 'silent' = 'range';
+  let server: Server;
+  let endpoint: string;
+  beforeAll(async () => {
+    server = createServer((req, res) => {
+      ranges.push(req.headers.range);
+      const from = Number(/^bytes=(\d+)-$/.exec(req.headers.range ?? '')?.[1] ?? 0);
+      const head = { 'x-goog-generation': '7', 'content-type': 'application/octet-stream', 'x-goog-stored-content-encoding': 'identity' };
+      if (mode === 'silent') return;
+      if (mode === 'stall') return void res.writeHead(200, { ...head, 'content-length': data.length }).write(data.subarray(0, 1000));
+      if (mode === 'ignore' || from === 0) return void res.writeHead(200, { ...head, 'content-length': data.length }).end(data);
+      res.writeHead(206, { ...head, 'content-length': data.length - from, 'content-range': `bytes ${from}-${data.length - 1}/${data.length}` }).end(data.subarray(from));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    endpoint = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  });
+  afterAll(() => {
+    server.closeAllConnections();
+    return new Promise((r) => server.close(r));
+  });
+
+  const readAll = async (source: GcsSource, offset: number) => {
+    const chunks: Buffer[] = [];
+    for await (const c of await source.read({ bucket: 'b', key: 'k', size: data.length, generation: '7' }, offset)) chunks.push(c as Buffer);
+    return Buffer.concat(chunks);
+  };
+
+  it('asks for the rest with Range, and drops the prefix when the server sends everything', async () => {
+    const source = new GcsSource({ endpoint });
+    mode = 'range';
+    expect((await readAll(source, 25_000)).equals(data.subarray(25_000))).toBe(true);
+    expect(ranges.at(-1)).toBe('bytes=25000-');
+    mode = 'ignore';
+    expect((await readAll(source, 25_000)).equals(data.subarray(25_000))).toBe(true);
+  });
+
+  it('fails a read that stalls (mid-body or before any header) with a retryable NETWORK error after the stall timeout, instead of waiting forever', async () => {
+    mode = 'stall';
+    const started = Date.now();
+    const err = await rejection(readAll(new GcsSource({ endpoint, stallTimeoutMs: 300 }), 0));
+    expect(Date.now() - started).toBeGreaterThanOrEqual(300);
+    expect(isObjectError(err, 'NETWORK') && err.retryable).toBe(true);
+    expect(err.message).toBe('gs://b/k: nothing received from GCS for 0.3 s; the connection stalled');
+    mode = 'silent';
+    expect((await rejection(readAll(new GcsSource({ endpoint, stallTimeoutMs: 300 }), 0))).message).toMatch(/nothing received from GCS for 0\.3 s/);
+  });
+});
