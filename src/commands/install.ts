@@ -66,6 +66,7 @@ export default class Install extends AirgapCommand {
   async #install(file: string, flags: Interfaces.InferredFlags<typeof Install.flags>): Promise<unknown> {
     if (!flags['public-key'] && !flags['insecure-skip-verify']) this.error('no --public-key given; pass the signer\'s bundle.pub (or --insecure-skip-verify to skip the signature)', { exit: 2 });
     const startedAt = new Date();
+    const stall = this.stallTimeoutMs();
     const publicKey = flags['public-key'] ? await loadPublicKey(flags['public-key']) : undefined;
     const bundle = await openBundle(resolve(file));
     const m = bundle.manifest;
@@ -77,7 +78,7 @@ export default class Install extends AirgapCommand {
     const receiptOut = resolve(flags.receipt ?? join(dirname(valuesOut), 'cartesia-install-receipt.json'));
     const s3 =
       m.artifacts.length > 0 && bucket
-        ? new S3Sink({ bucket, region: flags['s3-region'], ...(flags['s3-endpoint'] ? { endpoint: flags['s3-endpoint'] } : {}), ...(flags['s3-ca-file'] ? { caFile: flags['s3-ca-file'] } : {}) })
+        ? new S3Sink({ bucket, region: flags['s3-region'], stallTimeoutMs: stall, ...(flags['s3-endpoint'] ? { endpoint: flags['s3-endpoint'] } : {}), ...(flags['s3-ca-file'] ? { caFile: flags['s3-ca-file'] } : {}) })
         : undefined;
     const registryText = target.prefix ? `${target.host}/${target.prefix}` : target.host;
     const facts = {
@@ -92,7 +93,7 @@ export default class Install extends AirgapCommand {
       s3Bucket: s3 ? bucket : undefined,
       s3Region: s3 ? flags['s3-region'] : undefined,
     };
-    const transport = await Transport.create();
+    const transport = await Transport.create({}, { stallTimeoutMs: stall });
     const ctx: InstallContext = { startedAt };
     const tasks = new Listr<InstallContext>(
       installTasks({

@@ -114,6 +114,22 @@ describe('RemoteRepository.openBlob', () => {
     expect(requests.map((r) => r.range)).toEqual([undefined, 'bytes=10000-', 'bytes=20000-', 'bytes=30000-']);
   });
 
+  it('abandons a body that stalls for the stall timeout and resumes it with Range', async () => {
+    const stalling = await Transport.create({}, { retry: { retries: 3, baseDelayMs: 1, maxDelayMs: 5 }, stallTimeoutMs: 300 });
+    await stalling.configure(host, { plainHttp: true });
+    const r = new RemoteRepository(new RegistryClient(host, stalling, new Authorizer(stalling, async () => undefined)), 'a/r');
+    // The first answer sends CUT bytes and then nothing, holding the connection open.
+    handler = (req, res, n) => (n === 1 ? (res.writeHead(200, { 'content-length': BLOB.length }), res.write(BLOB.subarray(0, CUT))) : serveBlob(req, res));
+    const started = Date.now();
+    try {
+      expect((await collect(await r.openBlob(DESC, 0))).equals(BLOB)).toBe(true);
+    } finally {
+      await stalling.close();
+    }
+    expect(Date.now() - started).toBeGreaterThanOrEqual(300);
+    expect(requests.map((q) => q.range)).toEqual([undefined, `bytes=${CUT}-`]);
+  });
+
   it('refuses a 206 for a different range', async () => {
     handler = (_req, res) => {
       res.writeHead(206, { 'content-length': 10, 'content-range': `bytes 0-9/${BLOB.length}` });

@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent, Pool, request, fetch as undiciFetch, type Dispatcher } from 'undici';
+import { DEFAULT_STALL_TIMEOUT_MS } from '../../util/stall.ts';
 import { OciError } from '../errors.ts';
 
 /** How to reach one registry host. TLS is verified unless this host says otherwise. */
@@ -98,25 +99,26 @@ export class Transport {
   readonly #dispatcher: Dispatcher;
   readonly retry: RetryPolicy;
 
-  private constructor(dispatcher: Dispatcher | undefined, retry: RetryPolicy) {
+  private constructor(dispatcher: Dispatcher | undefined, retry: RetryPolicy, stallTimeoutMs: number) {
     this.retry = retry;
     this.#dispatcher =
       dispatcher ??
       new Agent({
         connections: 16,
         keepAliveTimeout: 30_000,
-        headersTimeout: 120_000,
+        // A registry may think a while before answering a PUT that completes a large blob.
+        headersTimeout: Math.max(120_000, stallTimeoutMs),
         // A stalled body fails after this long and the blob stream resumes with Range.
-        bodyTimeout: 60_000,
+        bodyTimeout: stallTimeoutMs,
         factory: (origin, opts) => new Pool(origin, { ...opts, connect: this.#tlsFor(origin) }),
       });
   }
 
   static async create(
     endpoints: Record<string, EndpointOptions> = {},
-    opts: { dispatcher?: Dispatcher; retry?: Partial<RetryPolicy> } = {},
+    opts: { dispatcher?: Dispatcher; retry?: Partial<RetryPolicy>; stallTimeoutMs?: number } = {},
   ): Promise<Transport> {
-    const t = new Transport(opts.dispatcher, { ...DEFAULT_RETRY, ...opts.retry });
+    const t = new Transport(opts.dispatcher, { ...DEFAULT_RETRY, ...opts.retry }, opts.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS);
     for (const [host, e] of Object.entries(endpoints)) await t.configure(host, e);
     return t;
   }
