@@ -25,8 +25,8 @@ export type Fault =
   | { kind: 'status'; statuses: number[] }
   /** Answers 429 with `Retry-After: seconds`. */
   | { kind: 'throttle'; retryAfterSeconds: number }
-  /** Forwards `at` bytes of the body, then sends nothing for `ms`, then the rest. */
-  | { kind: 'stall'; at: ByteRange; ms: number }
+  /** Forwards `at` bytes of the body, then sends nothing for `ms`, then the rest; 'headers': holds the whole answer. */
+  | { kind: 'stall'; at: ByteRange | 'headers'; ms: number }
   /** Passes `at` bytes of the request body to the server, then resets both connections. */
   | { kind: 'cut-upload'; at: ByteRange };
 
@@ -232,10 +232,23 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
       entry.status = ures.statusCode;
       const size = Number(ures.headers['content-length'] ?? NaN);
       const body = (ures.statusCode === 200 || ures.statusCode === 206) && req.method !== 'HEAD' && Number.isFinite(size) ? size : undefined;
-      const late = body === undefined ? undefined : rules.find((r) => !REQUEST_PHASE.has(r.fault.kind) && applies(r, req, body) && due(r));
+      // A stall of the headers applies to any answer; the others need a body to break.
+      const held = (r: FaultRule) => r.fault.kind === 'stall' && r.fault.at === 'headers';
+      const late = rules.find((r) => !REQUEST_PHASE.has(r.fault.kind) && (held(r) ? applies(r, req, body ?? 0) : body !== undefined && applies(r, req, body)) && due(r));
+      const pass = () => {
+        res.writeHead(ures.statusCode ?? 502, passHeaders(ures));
+        ures.pipe(res);
+      };
+      if (!late) return pass();
+      const fault = late.fault as Extract<Fault, { kind: 'reset-body' | 'stall' }>;
+      const at = fault.at;
+      if (at === 'headers') {
+        record(late, req, 0);
+        ures.pause();
+        return void setTimeout(() => (res.destroyed ? ures.destroy() : pass()), fault.kind === 'stall' ? fault.ms : 0);
+      }
       res.writeHead(ures.statusCode ?? 502, passHeaders(ures));
-      if (late?.fault.kind !== 'reset-body' && late?.fault.kind !== 'stall') return void ures.pipe(res);
-      void breakBody(late, late.fault, req, res, ures, offset(late.fault.at, body!)).catch(() => reset(req.socket));
+      void breakBody(late, fault, req, res, ures, offset(at, body!)).catch(() => reset(req.socket));
     });
 
     if (cutAt === undefined) return void req.pipe(up);
@@ -244,14 +257,15 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
       if (passed >= cutAt) return;
       const part = chunk.subarray(0, cutAt - passed);
       passed += part.length;
-      up.write(part);
-      if (passed < cutAt) return;
+      if (passed < cutAt) return void up.write(part);
       record(early!, req, passed);
       entry.status = 0;
       req.pause();
-      // The server saw part of the body and then a dead connection; so does the client.
-      up.destroy();
-      reset(req.socket);
+      // The server gets part of the body and then a dead connection; so does the client.
+      up.write(part, () => {
+        up.destroy();
+        reset(req.socket);
+      });
     });
     req.on('end', () => up.end());
   }
