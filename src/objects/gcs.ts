@@ -70,7 +70,7 @@ export function gcsError(err: unknown, where: string, bucket: string, hasKey: bo
     const host = /request to (https?:\/\/[^/\s?]+)/.exec(err instanceof Error ? err.message : '')?.[1] ?? 'GCS';
     return new ObjectError('NETWORK', `cannot reach ${host} for ${where}: ${netCode}; check the network or --endpoint`, { retryable: true });
   }
-  if (status !== undefined && status >= 500) return new ObjectError('STORE', `GCS failed on ${where} (HTTP ${status}): ${reason(err)}; try again`, { retryable: true });
+  if (status !== undefined && (status >= 500 || status === 429)) return new ObjectError('STORE', `GCS failed on ${where} (HTTP ${status}): ${reason(err)}; try again`, { retryable: true });
   return new ObjectError('STORE', `GCS failed on ${where}${status ? ` (HTTP ${status})` : ''}: ${reason(err)}`);
 }
 
@@ -120,7 +120,12 @@ export class GcsSource implements ObjectSource {
       // Storage 8.4.0 destroys its shared keep-alive agent whenever one download stream errors or is
       // cut short, killing every other download in flight (ECONNRESET). Without `forever` each
       // request uses Node's own agent, which the library then leaves alone.
-      storage.interceptors.push({ request: (reqOpts) => Object.assign(reqOpts, { forever: false }) as ReturnType<Interceptor['request']> });
+      // Media reads are not retried by the library: its retry of a streamed read destroys the request
+      // stream that teeny-request then pipes the next answer into, which throws outside any handler
+      // and kills the process on the first 5xx or 429. Our own read loop retries them, resuming.
+      storage.interceptors.push({
+        request: (reqOpts) => Object.assign(reqOpts, { forever: false }, (reqOpts.qs as { alt?: string } | undefined)?.alt === 'media' ? { maxRetries: 0 } : {}) as ReturnType<Interceptor['request']>,
+      });
       return storage;
     })();
     // A failed build (bad key) fails every call the same way; don't retry it silently.
