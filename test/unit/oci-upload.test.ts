@@ -199,6 +199,19 @@ describe('uploadBlob: a registry that is briefly down', () => {
     expect(seen.filter((s) => s.method === 'PUT')).toHaveLength(3);
     expect(waits).toEqual([1, 2]);
   });
+
+  it('waits as long as a 429 on the upload asks (Retry-After) before the next attempt', async () => {
+    let session = 0;
+    const { client, seen } = await registry((req): Reply => {
+      if (req.method === 'POST') return { status: 202, headers: { location: `/v2/r/blobs/uploads/u${++session}` } };
+      if (req.method === 'PUT') return session === 1 ? { status: 429, headers: { 'retry-after': '1' } } : { status: 201 };
+      return { status: 204 };
+    });
+    const started = Date.now();
+    expect((await upload(client, source().open)).how).toBe('uploaded');
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1000);
+    expect(seen.filter((s) => s.method === 'PUT')).toHaveLength(2);
+  });
 });
 
 describe('uploadBlob: authorization', () => {

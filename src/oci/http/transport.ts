@@ -65,7 +65,7 @@ export function describeNetworkError(err: unknown, url: string): OciError {
 }
 
 /** Retry-After: seconds or an HTTP date (RFC 9110 §10.2.3); bounded so a server cannot park us. */
-function retryAfterMs(value: string | string[] | undefined, maxMs: number): number | undefined {
+export function retryAfterMs(value: string | string[] | undefined, maxMs = 60_000): number | undefined {
   const v = Array.isArray(value) ? value[0] : value;
   if (!v) return undefined;
   const secs = Number(v);

@@ -1,7 +1,7 @@
 import type { Readable } from 'node:stream';
 import type { Authorizer } from '../auth/authorizer.ts';
 import { OciError } from '../errors.ts';
-import { drain, type Response, type SendRequest, type Transport } from '../http/transport.ts';
+import { drain, retryAfterMs, type Response, type SendRequest, type Transport } from '../http/transport.ts';
 import { apiHost } from '../reference.ts';
 
 export interface RegistryRequest {
@@ -46,7 +46,10 @@ export async function registryError(res: Response, what: string): Promise<OciErr
   }
   const status = res.statusCode;
   const code = status === 404 ? 'NOT_FOUND' : status === 401 ? 'UNAUTHORIZED' : status === 403 ? 'DENIED' : status === 413 ? 'TOO_LARGE' : 'REGISTRY';
-  return new OciError(code, `${what}: registry answered ${status}${detail.replace(/\s+/g, ' ')}`, { retryable: status >= 500 || status === 429 });
+  const err = new OciError(code, `${what}: registry answered ${status}${detail.replace(/\s+/g, ' ')}`, { retryable: status >= 500 || status === 429 });
+  const wait = retryAfterMs(res.headers['retry-after']);
+  if (wait !== undefined) err.retryAfterMs = wait;
+  return err;
 }
 
 /** `repository:a/b:pull,push` → `pull,push on a/b`, for messages. */

@@ -96,8 +96,9 @@ export async function uploadBlob(client: RegistryClient, repository: string, des
       if (location) void client.send({ method: 'DELETE', path: location, scopes: push }).then(drain, () => {});
       const retryable = err instanceof OciError ? err.retryable : true;
       if (attempt >= ATTEMPTS || !retryable) throw err;
-      // Not at once: a registry that is restarting would take every attempt in a few milliseconds.
-      await sleep(client.transport.backoff(attempt));
+      // Not at once: a registry that is restarting would take every attempt in a few milliseconds;
+      // and not sooner than a 429 or 503 asked.
+      await sleep((err instanceof OciError ? err.retryAfterMs : undefined) ?? client.transport.backoff(attempt));
     }
   }
 }
