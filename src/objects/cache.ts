@@ -130,7 +130,7 @@ async function download(source: ObjectSource, info: ObjectInfo, tmpDir: string, 
         return;
       } catch (err) {
         if (err === TOO_BIG || !(err instanceof ObjectError && err.retryable) || failures++ >= READ_RETRIES) throw err;
-        await sleep(backoff(failures));
+        await sleep(err.retryAfterMs ?? backoff(failures));
       }
     }
   }

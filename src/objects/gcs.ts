@@ -5,6 +5,7 @@ import { createGunzip } from 'node:zlib';
 import { Storage, type File, type StorageOptions } from '@google-cloud/storage';
 import { JWT } from 'google-auth-library';
 import { loadServiceAccountKey } from '../util/service-account.ts';
+import { retryAfterMs } from '../util/retry-after.ts';
 import { DEFAULT_STALL_TIMEOUT_MS } from '../util/stall.ts';
 import { byKey, ObjectError } from './cache.ts';
 import type { ObjectInfo, ObjectSource } from './types.ts';
@@ -211,13 +212,17 @@ export class GcsSource implements ObjectSource {
     out.on('close', () => clearTimeout(timer));
     watch();
     const { status, headers } = await new Promise<{ status: number; headers: IncomingHttpHeaders }>((resolve, reject) => {
+      let wait: number | undefined;
       lib.on('response', (res: { statusCode?: number; headers?: IncomingHttpHeaders }) => {
         if ((res.statusCode ?? 0) < 300) resolve({ status: res.statusCode ?? 0, headers: res.headers ?? {} });
         // else: the library reads the error body and then emits 'error'
+        else wait = retryAfterMs(res.headers?.['retry-after']);
       });
       lib.once('error', (err) => {
         clearTimeout(timer);
-        reject(statusOf(err) === 404 && info.generation ? gone() : this.fail(err, `reading ${url}`, info.bucket));
+        const e = statusOf(err) === 404 && info.generation ? gone() : this.fail(err, `reading ${url}`, info.bucket);
+        if (wait !== undefined) e.retryAfterMs = wait;
+        reject(e);
       });
       lib.read(0); // starts the request without consuming anything
     });

@@ -20,10 +20,7 @@ export type OciErrorCode =
   | 'LAYOUT'
   | 'BUSY';
 
-export class OciError extends CodedError<OciErrorCode> {
-  /** How long the server asked us to wait before another attempt (its Retry-After), when it said. */
-  retryAfterMs?: number;
-}
+export class OciError extends CodedError<OciErrorCode> {}
 
 export const isOciError = (err: unknown, code?: OciErrorCode): err is OciError =>
   err instanceof OciError && (code === undefined || err.code === code);

@@ -132,7 +132,7 @@ describe('GcsSource.read: resumed and stalled reads', () => {
       const from = Number(/^bytes=(\d+)-$/.exec(req.headers.range ?? '')?.[1] ?? 0);
       const head = { 'x-goog-generation': '7', 'content-type': 'application/octet-stream', 'x-goog-stored-content-encoding': 'identity' };
       const refuse = busy.shift();
-      if (refuse) return void res.writeHead(refuse, { 'content-type': 'application/json' }).end(JSON.stringify({ error: { code: refuse, message: 'busy' } }));
+      if (refuse) return void res.writeHead(refuse, { 'content-type': 'application/json', ...(refuse === 429 ? { 'retry-after': '1' } : {}) }).end(JSON.stringify({ error: { code: refuse, message: 'busy' } }));
       if (mode === 'silent') return;
       if (mode === 'stall') return void res.writeHead(200, { ...head, 'content-length': data.length }).write(data.subarray(0, 1000));
       if (mode === 'ignore' || from === 0) return void res.writeHead(200, { ...head, 'content-length': data.length }).end(data);
@@ -161,7 +161,7 @@ describe('GcsSource.read: resumed and stalled reads', () => {
     expect((await readAll(source, 25_000)).equals(data.subarray(25_000))).toBe(true);
   });
 
-  it('reports a 5xx or 429 on a read as retryable, without the library retrying it (its retry of a stream crashes the process)', async () => {
+  it('reports a 5xx or 429 on a read as retryable, without the library retrying it (its retry of a stream crashes the process); the cache honours Retry-After', async () => {
     mode = 'range';
     for (const status of [500, 503, 429]) {
       busy = [status];
@@ -171,11 +171,12 @@ describe('GcsSource.read: resumed and stalled reads', () => {
       expect(err.message).toContain(`(HTTP ${status})`);
       expect(ranges.length - before).toBe(1);
     }
-    // fetchObject's own loop asks again, from the byte reached.
-    busy = [503, 502];
-    const cache = join(dir, 'cache-busy');
-    const got = await fetchObject(new GcsSource({ endpoint }), { bucket: 'b', key: 'k', size: data.length, generation: '7' }, cache);
+    // fetchObject's own loop asks again, not sooner than a Retry-After says.
+    busy = [503, 429];
+    const started = Date.now();
+    const got = await fetchObject(new GcsSource({ endpoint }), { bucket: 'b', key: 'k', size: data.length, generation: '7' }, join(dir, 'cache-busy'));
     expect(got.sha256).toBe(createHash('sha256').update(data).digest('hex'));
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1000);
   });
 
   it('fails a read that stalls (mid-body or before any header) with a retryable NETWORK error after the stall timeout, instead of waiting forever', async () => {

@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent, Pool, request, fetch as undiciFetch, type Dispatcher } from 'undici';
+import { retryAfterMs } from '../../util/retry-after.ts';
 import { DEFAULT_STALL_TIMEOUT_MS } from '../../util/stall.ts';
 import { OciError } from '../errors.ts';
 
@@ -62,15 +63,6 @@ export function describeNetworkError(err: unknown, url: string): OciError {
     return new OciError('TLS', `TLS connection to ${origin} failed (${code}: ${reason}); ${hint}`, { cause: err });
   }
   return new OciError('NETWORK', `cannot reach ${origin} (${code || 'error'}: ${reason})`, { retryable: RETRY_CODES.has(code), cause: err });
-}
-
-/** Retry-After: seconds or an HTTP date (RFC 9110 §10.2.3); bounded so a server cannot park us. */
-export function retryAfterMs(value: string | string[] | undefined, maxMs = 60_000): number | undefined {
-  const v = Array.isArray(value) ? value[0] : value;
-  if (!v) return undefined;
-  const secs = Number(v);
-  const ms = Number.isFinite(secs) ? secs * 1000 : Date.parse(v) - Date.now();
-  return Number.isFinite(ms) ? Math.min(Math.max(ms, 0), maxMs) : undefined;
 }
 
 export const header = (res: Response, name: string): string | undefined => {

@@ -1,7 +1,8 @@
 import type { Readable } from 'node:stream';
 import type { Authorizer } from '../auth/authorizer.ts';
 import { OciError } from '../errors.ts';
-import { drain, retryAfterMs, type Response, type SendRequest, type Transport } from '../http/transport.ts';
+import { retryAfterMs } from '../../util/retry-after.ts';
+import { drain, type Response, type SendRequest, type Transport } from '../http/transport.ts';
 import { apiHost } from '../reference.ts';
 
 export interface RegistryRequest {
