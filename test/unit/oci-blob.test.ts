@@ -191,6 +191,24 @@ describe('RemoteRepository.resolve / fetchManifest', () => {
     expect(requests).toHaveLength(1);
   });
 
+  it('asks again for a manifest, and for the token it needs, when the connection drops in the middle of either body', async () => {
+    const token = JSON.stringify({ token: 'tok-1', expires_in: 300 });
+    const cut = (res: ServerResponse, body: Buffer | string, at: number) => {
+      res.writeHead(200, { 'content-length': Buffer.byteLength(body), 'content-type': OCI_MANIFEST });
+      res.write(Buffer.from(body).subarray(0, at), () => setTimeout(() => res.socket?.destroy(), 30));
+    };
+    let tokens = 0;
+    let manifests = 0;
+    handler = (req, res) => {
+      if (req.url?.startsWith('/token')) return ++tokens === 1 ? cut(res, token, 10) : void res.writeHead(200, { 'content-type': 'application/json' }).end(token);
+      if (req.headers.authorization !== 'Bearer tok-1') return void res.writeHead(401, { 'www-authenticate': `Bearer realm="http://${host}/token",service="s"` }).end();
+      return ++manifests === 1 ? cut(res, manifest, 20) : serveManifest(manifest, { 'content-type': OCI_MANIFEST })(req, res, 0);
+    };
+    const fresh = new RemoteRepository(new RegistryClient(host, transport, new Authorizer(transport, async () => undefined)), 'a/r');
+    expect((await fresh.resolve('t')).digest).toBe(sha(manifest));
+    expect([tokens, manifests]).toEqual([2, 2]);
+  });
+
   it('sniffs the media type when the registry sends a generic Content-Type', async () => {
     handler = serveManifest(manifest, { 'content-type': 'application/octet-stream' });
     expect((await repo.resolve('t')).mediaType).toBe(OCI_MANIFEST);

@@ -165,6 +165,23 @@ export class Transport {
     }
   }
 
+  /**
+   * Runs `attempt` (a request and the reading of its small body: a manifest, a token) again while
+   * it fails with a dropped connection: `send` retries one lost before the headers, this one lost
+   * in the middle of a body read whole. Status answers are the caller's to judge, after.
+   */
+  async whole<T>(url: string, attempt: () => Promise<T>): Promise<T> {
+    for (let failures = 1; ; failures++) {
+      try {
+        return await attempt();
+      } catch (err) {
+        if (!RETRY_CODES.has(errorCode(err))) throw err;
+        if (failures > this.retry.retries) throw describeNetworkError(err, url);
+        await sleep(this.backoff(failures));
+      }
+    }
+  }
+
   /** Exponential backoff with jitter, so parallel transfers do not retry in lockstep. */
   backoff(attempt: number): number {
     const exp = Math.min(this.retry.maxDelayMs, this.retry.baseDelayMs * 2 ** (attempt - 1));

@@ -76,6 +76,17 @@ export class RegistryClient {
     return /^https?:\/\//.test(path) ? path : `${this.transport.origin(apiHost(this.registry))}${path}`;
   }
 
+  /**
+   * Sends an idempotent request and reads a 200 answer's small body whole (a manifest), asking
+   * again when the connection drops in the middle of it. Other answers come back unread.
+   */
+  sendAndRead(req: RegistryRequest, cap: number, what: string): Promise<{ res: Response; bytes?: Buffer }> {
+    return this.transport.whole(this.url(req.path), async () => {
+      const res = await this.send(req);
+      return res.statusCode === 200 ? { res, bytes: await readCapped(res, cap, what) } : { res };
+    });
+  }
+
   /** Sends with authorization; a 401 is answered by the challenge flow and one retry. */
   async send(req: RegistryRequest): Promise<Response> {
     const url = this.url(req.path);
