@@ -22,7 +22,7 @@ export type Fault =
   /** Forwards the status, headers and `at` bytes of the body, then resets the TCP connection. */
   | { kind: 'reset-body'; at: ByteRange }
   /** Answers instead of asking the server: the n-th time with statuses[n % length] (a burst of 500, 502, 503). */
-  | { kind: 'status'; statuses: number[] }
+  | { kind: 'status'; statuses: readonly number[] }
   /** Answers 429 with `Retry-After: seconds`. */
   | { kind: 'throttle'; retryAfterSeconds: number }
   /** Forwards `at` bytes of the body, then sends nothing for `ms`, then the rest; 'headers': holds the whole answer. */
@@ -55,7 +55,11 @@ export interface Injected {
   kind: FaultKind;
   method: string;
   path: string;
-  /** Bytes of the body that went through before a reset, a stall or a cut; the status sent otherwise. */
+  /**
+   * Where a reset or a stall happened, as a byte position in the content (a 206 counts from its
+   * range start), or how many bytes of an upload went through before the cut; the status sent
+   * for status faults; 0 for a stall of the headers.
+   */
   detail: number;
   at: number;
 }
@@ -230,11 +234,14 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
     res.on('close', () => !res.writableFinished && up.destroy());
     up.on('response', (ures) => {
       entry.status = ures.statusCode;
-      const size = Number(ures.headers['content-length'] ?? NaN);
-      const body = (ures.statusCode === 200 || ures.statusCode === 206) && req.method !== 'HEAD' && Number.isFinite(size) ? size : undefined;
-      // A stall of the headers applies to any answer; the others need a body to break.
+      const length = Number(ures.headers['content-length'] ?? NaN);
+      const size = Number.isFinite(length) ? length : undefined;
+      const hasBody = (ures.statusCode === 200 || ures.statusCode === 206) && req.method !== 'HEAD' && size !== 0;
+      // A stall of the headers applies to any answer; the others need a body to break (of unknown
+      // length, a chunked one, only when the rule asks no minimum).
       const held = (r: FaultRule) => r.fault.kind === 'stall' && r.fault.at === 'headers';
-      const late = rules.find((r) => !REQUEST_PHASE.has(r.fault.kind) && (held(r) ? applies(r, req, body ?? 0) : body !== undefined && applies(r, req, body)) && due(r));
+      const breakable = (r: FaultRule) => hasBody && (size !== undefined || r.minBytes === undefined) && applies(r, req, size);
+      const late = rules.find((r) => !REQUEST_PHASE.has(r.fault.kind) && (held(r) ? applies(r, req, size ?? 0) : breakable(r)) && due(r));
       const pass = () => {
         res.writeHead(ures.statusCode ?? 502, passHeaders(ures));
         ures.pipe(res);
@@ -248,7 +255,8 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
         return void setTimeout(() => (res.destroyed ? ures.destroy() : pass()), fault.kind === 'stall' ? fault.ms : 0);
       }
       res.writeHead(ures.statusCode ?? 502, passHeaders(ures));
-      void breakBody(late, fault, req, res, ures, offset(at, body!)).catch(() => reset(req.socket));
+      // (A body shorter than the offset drawn ends before the fault: nothing is recorded.)
+      void breakBody(late, fault, req, res, ures, offset(at, size ?? Number.MAX_SAFE_INTEGER)).catch(() => reset(req.socket));
     });
 
     if (cutAt === undefined) return void req.pipe(up);
@@ -272,6 +280,7 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
 
   /** Passes the body through, with a reset or a stall once `at` bytes have gone out. */
   async function breakBody(rule: FaultRule, fault: Extract<Fault, { kind: 'reset-body' | 'stall' }>, req: IncomingMessage, res: ServerResponse, ures: IncomingMessage, at: number): Promise<void> {
+    const start = Number(/^bytes (\d+)-/.exec(ures.headers['content-range'] ?? '')?.[1] ?? 0);
     let sent = 0;
     let done = false;
     for await (const c of ures as AsyncIterable<Buffer>) {
@@ -281,7 +290,7 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
         const head = chunk.subarray(0, at - sent);
         chunk = chunk.subarray(at - sent);
         sent += head.length;
-        record(rule, req, sent);
+        record(rule, req, start + sent);
         // What went before the fault reaches the client (it can resume from there) before it happens.
         await write(res, head, true);
         await sleep(fault.kind === 'stall' ? fault.ms : 50);
@@ -308,7 +317,7 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
     host: `127.0.0.1:${port}`,
     injected,
     seen,
-    counts: () => Object.fromEntries(rules.map((r) => [r.name, fired.get(r) ?? 0])),
+    counts: () => Object.fromEntries(rules.map((r) => [r.name, injected.filter((i) => i.rule === r.name).length])),
     setRules: (next, seed) => {
       rules = next;
       random = seeded(seed ?? opts.seed ?? 1);
