@@ -24,6 +24,8 @@ export interface S3SinkOptions {
   queueSize?: number;
   /** A request whose connection is silent this long fails and is retried (default 60 s). */
   stallTimeoutMs?: number;
+  /** Attempts per request, the first included (default 6). */
+  maxAttempts?: number;
 }
 
 export interface PutResult {
@@ -175,7 +177,7 @@ export class S3Sink {
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
       // As many attempts as the registry transport makes: a burst of three 5xx must not end an install.
-      maxAttempts: 6,
+      maxAttempts: opts.maxAttempts ?? 6,
       // The options form: the SDK builds its own NodeHttpHandler, so we need no import of its package.
       // Without socketTimeout the SDK waits forever on a server that stops answering mid-request.
       requestHandler: { ...tls, connectionTimeout: 30_000, socketTimeout: opts.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS },
