@@ -1,4 +1,5 @@
 import { Command } from '@oclif/core';
+import { stallTimeoutMs } from './util/stall.ts';
 
 type OclifError = Error & { oclif?: { exit?: number }; code?: unknown; skipOclifErrorHandling?: boolean };
 
@@ -15,5 +16,14 @@ export abstract class AirgapCommand extends Command {
       err.skipOclifErrorHandling = true;
     }
     throw err;
+  }
+
+  /** CARTESIA_AIRGAP_STALL_TIMEOUT, or the default; a malformed value is bad usage (exit 2). */
+  protected stallTimeoutMs(): number {
+    try {
+      return stallTimeoutMs();
+    } catch (err) {
+      this.error((err as Error).message, { exit: 2 });
+    }
   }
 }

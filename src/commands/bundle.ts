@@ -76,6 +76,7 @@ export default class Bundle extends AirgapCommand {
 
   async #bundle(flags: Interfaces.InferredFlags<typeof Bundle.flags>): Promise<unknown> {
     const output = resolve(flags.output);
+    const stall = this.stallTimeoutMs();
     if (!flags['signing-key'] && !flags.unsigned) this.error('no --signing-key given; sign the bundle (make a key with `keys generate`) or pass --unsigned', { exit: 2 });
     if (flags.customer && flags['customer-bucket']) this.error('give --customer or --customer-bucket, not both', { exit: 2 });
     const splitSize = flags['split-size'] === undefined ? undefined : parseSplitSize(flags['split-size']);
@@ -91,14 +92,14 @@ export default class Bundle extends AirgapCommand {
     const customerBucket = flags['customer-bucket']?.replace(/^gs:\/\//, '').replace(/\/+$/, '') ?? (flags.customer ? recipe.recipe.customer.bucket.replace('{customer}', flags.customer) : undefined);
     const keyFile = flags['key-file'];
 
-    const transport = await Transport.create();
+    const transport = await Transport.create({}, { stallTimeoutMs: stall });
     const registries = new SourceRegistries(
       transport,
       // The key opens the Cartesia registry; other registries (Docker Hub for NATS) get Docker's config or nothing.
       (registry) => (registry === sourceHost && keyFile ? { serviceAccountKeyFile: keyFile, serviceAccountMode: flags['registry-login'] as 'json_key' | 'access_token' } : {}),
       (registry) => (registry === sourceHost ? { ...(flags['source-ca-file'] ? { caFile: flags['source-ca-file'] } : {}), ...(flags['source-plain-http'] ? { plainHttp: true } : {}) } : undefined),
     );
-    const gcs = new GcsSource({ ...(flags['gcs-endpoint'] ? { endpoint: flags['gcs-endpoint'] } : {}), ...(keyFile ? { keyFile } : {}) });
+    const gcs = new GcsSource({ ...(flags['gcs-endpoint'] ? { endpoint: flags['gcs-endpoint'] } : {}), ...(keyFile ? { keyFile } : {}), stallTimeoutMs: stall });
     const tasks = new Listr<BundleContext>(
       bundleTasks({
         recipe,

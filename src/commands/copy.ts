@@ -68,6 +68,7 @@ export default class Copy extends AirgapCommand {
     const src = parseLocation(args.src);
     const dst = parseLocation(args.dst);
     const platform = flags.platform ? parsePlatform(flags.platform) : undefined;
+    const stall = this.stallTimeoutMs();
     const endpoint = (caFile?: string, plainHttp?: boolean, verify?: string): EndpointOptions => ({
       ...(caFile ? { caFile } : {}),
       ...(plainHttp ? { plainHttp: true } : {}),
@@ -82,7 +83,7 @@ export default class Copy extends AirgapCommand {
       ...(flags['dest-creds'] ? { credential: parseUserPass(flags['dest-creds'], '--dest-creds') } : {}),
       ...(flags['dest-authfile'] ? { authFile: flags['dest-authfile'] } : {}),
     };
-    const transport = await Transport.create();
+    const transport = await Transport.create({}, { stallTimeoutMs: stall });
     const source = await openSource(src, { login: srcLogin, endpoint: endpoint(flags['src-ca-file'], flags['src-plain-http'], flags['src-tls-verify']) }, transport);
     const destination = await openDestination(
       dst,

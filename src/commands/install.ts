@@ -74,6 +74,7 @@ export default class Install extends AirgapCommand {
   async #install(file: string, flags: Interfaces.InferredFlags<typeof Install.flags>): Promise<unknown> {
     if (!flags['public-key'] && !flags['insecure-skip-verify']) this.error('no --public-key given; pass the signer\'s bundle.pub (or --insecure-skip-verify to skip the signature)', { exit: 2 });
     const startedAt = new Date();
+    const stall = this.stallTimeoutMs();
     const publicKey = flags['public-key'] ? await loadPublicKey(flags['public-key']) : undefined;
     const bundle = await openBundleSet(resolve(file));
     const m = bundle.manifest;
@@ -86,7 +87,7 @@ export default class Install extends AirgapCommand {
     // A delta may carry no artifact yet rely on some: the bucket is still checked and named in values.
     const s3 =
       m.artifacts.length + (m.base?.relies.artifacts.length ?? 0) > 0 && bucket
-        ? new S3Sink({ bucket, region: flags['s3-region'], ...(flags['s3-endpoint'] ? { endpoint: flags['s3-endpoint'] } : {}), ...(flags['s3-ca-file'] ? { caFile: flags['s3-ca-file'] } : {}) })
+        ? new S3Sink({ bucket, region: flags['s3-region'], stallTimeoutMs: stall, ...(flags['s3-endpoint'] ? { endpoint: flags['s3-endpoint'] } : {}), ...(flags['s3-ca-file'] ? { caFile: flags['s3-ca-file'] } : {}) })
         : undefined;
     const registryText = target.prefix ? `${target.host}/${target.prefix}` : target.host;
     const facts = {
@@ -101,7 +102,7 @@ export default class Install extends AirgapCommand {
       s3Bucket: s3 ? bucket : undefined,
       s3Region: s3 ? flags['s3-region'] : undefined,
     };
-    const transport = await Transport.create();
+    const transport = await Transport.create({}, { stallTimeoutMs: stall });
     const ctx: InstallContext = { startedAt };
     const tasks = new Listr<InstallContext>(
       installTasks({

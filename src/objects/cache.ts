@@ -2,8 +2,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import pLimit from 'p-limit';
 import { writeFileAtomic } from '../util/atomic.ts';
 import { hashFile, MultiHasher, type ObjectHashes } from './hashes.ts';
@@ -118,33 +118,40 @@ async function sweepTmp(tmpDir: string): Promise<void> {
 
 type Download = { kind: 'gone' } | { kind: 'bytes'; tmp: string; hashes: ObjectHashes } | { kind: 'overflow'; tmp: string };
 
-/** Streams one generation into a temp file while hashing; stops early if it outgrows `info.size`. */
+/** Further attempts after a reset or a stall, each resuming at the byte reached. */
+const READ_RETRIES = 5;
+const backoff = (failures: number) => Math.min(10_000, 250 * 2 ** (failures - 1)) * (0.5 + Math.random() / 2);
+
+/**
+ * Streams one generation into a temp file while hashing; stops early if it outgrows `info.size`.
+ * After a dropped connection or a stall (retryable errors) it reads on from the byte reached (the
+ * hashes carry on), so a multi-gigabyte LoRA checkpoint never restarts from zero.
+ */
 async function download(source: ObjectSource, info: ObjectInfo, tmpDir: string, onBytes?: (n: number) => void): Promise<Download> {
-  let body: Readable;
-  try {
-    body = await source.read(info);
-  } catch (err) {
-    if (isObjectError(err, 'GONE')) return { kind: 'gone' };
-    throw err;
-  }
   const tmp = join(tmpDir, `${process.pid}-${randomBytes(8).toString('hex')}.partial`);
   const hasher = await MultiHasher.create();
   let seen = 0;
   const TOO_BIG = Symbol('too big');
-  try {
-    await pipeline(
-      body,
-      async function* (chunks: AsyncIterable<Buffer>) {
-        for await (const c of chunks) {
+  async function* bytes(): AsyncGenerator<Buffer> {
+    for (let failures = 0; ; ) {
+      try {
+        for await (const c of (await source.read(info, seen)) as AsyncIterable<Buffer>) {
           seen += c.length;
+          failures = 0;
           onBytes?.(c.length);
           if (seen > info.size) throw TOO_BIG; // don't fill the disk with something we will reject
           yield c;
         }
-      },
-      hasher,
-      createWriteStream(tmp, { flags: 'wx', flush: true }),
-    );
+        // A body that ends short without an error is the store's answer, judged by the caller.
+        return;
+      } catch (err) {
+        if (err === TOO_BIG || !(err instanceof ObjectError && err.retryable) || failures++ >= READ_RETRIES) throw err;
+        await sleep(err.retryAfterMs ?? backoff(failures));
+      }
+    }
+  }
+  try {
+    await pipeline(bytes(), hasher, createWriteStream(tmp, { flags: 'wx', flush: true }));
   } catch (err) {
     if (err === TOO_BIG) return { kind: 'overflow', tmp };
     await rm(tmp, { force: true });

@@ -1,10 +1,12 @@
 import { EventEmitter } from 'node:events';
 import type { IncomingHttpHeaders } from 'node:http';
-import { PassThrough, type Readable } from 'node:stream';
+import { Transform, type Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { Storage, type File, type StorageOptions } from '@google-cloud/storage';
 import { JWT } from 'google-auth-library';
 import { loadServiceAccountKey } from '../util/service-account.ts';
+import { retryAfterMs } from '../util/retry-after.ts';
+import { DEFAULT_STALL_TIMEOUT_MS } from '../util/stall.ts';
 import { byKey, ObjectError } from './cache.ts';
 import type { ObjectInfo, ObjectSource } from './types.ts';
 
@@ -21,6 +23,8 @@ export interface GcsSourceOptions {
   projectId?: string;
   /** Objects per listing request (GCS's maximum and default: 1000); small values exercise paging. */
   pageSize?: number;
+  /** A read that receives nothing this long fails (retryable), so the caller resumes it (default 60 s). */
+  stallTimeoutMs?: number;
 }
 
 // A source only reads; the key gets no more than that even if the account could do more.
@@ -67,7 +71,7 @@ export function gcsError(err: unknown, where: string, bucket: string, hasKey: bo
     const host = /request to (https?:\/\/[^/\s?]+)/.exec(err instanceof Error ? err.message : '')?.[1] ?? 'GCS';
     return new ObjectError('NETWORK', `cannot reach ${host} for ${where}: ${netCode}; check the network or --endpoint`, { retryable: true });
   }
-  if (status !== undefined && status >= 500) return new ObjectError('STORE', `GCS failed on ${where} (HTTP ${status}): ${reason(err)}; try again`, { retryable: true });
+  if (status !== undefined && (status >= 500 || status === 429)) return new ObjectError('STORE', `GCS failed on ${where} (HTTP ${status}): ${reason(err)}; try again`, { retryable: true });
   return new ObjectError('STORE', `GCS failed on ${where}${status ? ` (HTTP ${status})` : ''}: ${reason(err)}`);
 }
 
@@ -117,7 +121,12 @@ export class GcsSource implements ObjectSource {
       // Storage 8.4.0 destroys its shared keep-alive agent whenever one download stream errors or is
       // cut short, killing every other download in flight (ECONNRESET). Without `forever` each
       // request uses Node's own agent, which the library then leaves alone.
-      storage.interceptors.push({ request: (reqOpts) => Object.assign(reqOpts, { forever: false }) as ReturnType<Interceptor['request']> });
+      // Media reads are not retried by the library: its retry of a streamed read destroys the request
+      // stream that teeny-request then pipes the next answer into, which throws outside any handler
+      // and kills the process on the first 5xx or 429. Our own read loop retries them, resuming.
+      storage.interceptors.push({
+        request: (reqOpts) => Object.assign(reqOpts, { forever: false }, (reqOpts.qs as { alt?: string } | undefined)?.alt === 'media' ? { maxRetries: 0 } : {}) as ReturnType<Interceptor['request']>,
+      });
       return storage;
     })();
     // A failed build (bad key) fails every call the same way; don't retry it silently.
@@ -166,37 +175,77 @@ export class GcsSource implements ObjectSource {
   }
 
   /**
-   * The bytes of exactly `info.generation`, as stored. Fails with GONE when that generation is no
-   * longer served: GCS answers 404; the firebase emulator ignores `generation` and serves the
-   * current one, which its x-goog-generation header gives away.
+   * The bytes of exactly `info.generation`, as stored, from byte `offset` (a resumed read). Fails
+   * with GONE when that generation is no longer served: GCS answers 404; the firebase emulator
+   * ignores `generation` and serves the current one, which its x-goog-generation header gives away.
+   * A read that receives nothing for the stall timeout fails with a retryable NETWORK error: the
+   * library itself would wait forever on a connection that went silent mid-body.
    */
-  async read(info: ObjectInfo): Promise<Readable> {
+  async read(info: ObjectInfo, offset = 0): Promise<Readable> {
     const storage = await this.client();
     const url = `gs://${info.bucket}/${info.key}`;
     const file = storage.bucket(info.bucket).file(info.key, info.generation ? { generation: info.generation } : {});
     // No library validation or gunzip: the caller verifies, and transcoding must not change bytes.
-    const lib = file.createReadStream({ validation: false, decompress: false });
+    const lib = file.createReadStream({ validation: false, decompress: false, ...(offset > 0 ? { start: offset } : {}) });
     const gone = () => new ObjectError('GONE', `${url} generation ${info.generation} is no longer available; it was overwritten or deleted`);
-    const headers = await new Promise<IncomingHttpHeaders>((resolve, reject) => {
+    const stallMs = this.opts.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS;
+    let skip = 0;
+    let timer: NodeJS.Timeout | undefined;
+    const out = new Transform({
+      highWaterMark: 1 << 20,
+      transform(chunk: Buffer, _enc, done) {
+        watch();
+        // A server that ignored Range sent the object from its first byte: drop what we have.
+        const n = Math.min(skip, chunk.length);
+        skip -= n;
+        done(null, n < chunk.length ? chunk.subarray(n) : undefined);
+      },
+    });
+    const watch = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        // A full buffer means our reader is the slow one, not the network.
+        if (out.writableNeedDrain || out.readableLength >= out.readableHighWaterMark) return watch();
+        lib.destroy(new ObjectError('NETWORK', `${url}: nothing received from GCS for ${stallMs / 1000} s; the connection stalled`, { retryable: true }));
+      }, stallMs).unref();
+    };
+    out.on('close', () => clearTimeout(timer));
+    watch();
+    const { status, headers } = await new Promise<{ status: number; headers: IncomingHttpHeaders }>((resolve, reject) => {
+      let wait: number | undefined;
       lib.on('response', (res: { statusCode?: number; headers?: IncomingHttpHeaders }) => {
-        if ((res.statusCode ?? 0) < 300) resolve(res.headers ?? {});
+        if ((res.statusCode ?? 0) < 300) resolve({ status: res.statusCode ?? 0, headers: res.headers ?? {} });
         // else: the library reads the error body and then emits 'error'
+        else wait = retryAfterMs(res.headers?.['retry-after']);
       });
-      lib.once('error', (err) => reject(statusOf(err) === 404 && info.generation ? gone() : this.fail(err, `reading ${url}`, info.bucket)));
+      lib.once('error', (err) => {
+        clearTimeout(timer);
+        const e = statusOf(err) === 404 && info.generation ? gone() : this.fail(err, `reading ${url}`, info.bucket);
+        if (wait !== undefined) e.retryAfterMs = wait;
+        reject(e);
+      });
       lib.read(0); // starts the request without consuming anything
     });
     const served = headers['x-goog-generation'];
-    if (info.generation && typeof served === 'string' && served !== info.generation) {
-      lib.destroy();
-      throw gone();
+    const storedEnc = headers['x-goog-stored-content-encoding'];
+    // Compressed in transit only (stored identity, served gzip): undo that, the stored bytes are wanted.
+    const transcoded = headers['content-encoding'] === 'gzip' && typeof storedEnc === 'string' && storedEnc !== 'gzip';
+    const range = headers['content-range'];
+    let refused: ObjectError | undefined;
+    if (info.generation && typeof served === 'string' && served !== info.generation) refused = gone();
+    else if (offset > 0 && status === 200) skip = offset;
+    else if (offset > 0 && (transcoded || !range?.startsWith(`bytes ${offset}-`))) {
+      refused = new ObjectError('STORE', `${url}: GCS answered a read from byte ${offset} with ${status} ${range ?? 'and no Content-Range'}${transcoded ? ' of compressed bytes' : ''}; run again`);
     }
-    const out = new PassThrough({ highWaterMark: 1 << 20 });
+    if (refused) {
+      clearTimeout(timer);
+      lib.destroy();
+      throw refused;
+    }
     lib.on('error', (err) => out.destroy(this.fail(err, `reading ${url}`, info.bucket)));
     // A consumer that gives up (say, on a hash mismatch) must not leave the request hanging.
     out.on('close', () => lib.destroy());
-    // Compressed in transit only (stored identity, served gzip): undo that, the stored bytes are wanted.
-    const storedEnc = headers['x-goog-stored-content-encoding'];
-    if (headers['content-encoding'] === 'gzip' && typeof storedEnc === 'string' && storedEnc !== 'gzip') {
+    if (transcoded) {
       const gunzip = createGunzip();
       gunzip.on('error', (err) => out.destroy(new ObjectError('STORE', `${url} arrived gzip-compressed and could not be decompressed: ${err.message}`)));
       lib.pipe(gunzip).pipe(out);

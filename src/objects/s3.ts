@@ -5,6 +5,7 @@ import { pipeline, Transform, type Readable, type TransformCallback } from 'node
 import { CreateBucketCommand, DeleteObjectCommand, HeadBucketCommand, HeadObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import type { BucketLocationConstraint, HeadObjectCommandOutput } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
+import { DEFAULT_STALL_TIMEOUT_MS } from '../util/stall.ts';
 import { ObjectError } from './cache.ts';
 
 export interface S3SinkOptions {
@@ -21,6 +22,10 @@ export interface S3SinkOptions {
   partSize?: number;
   /** Parts in flight at once (default 4); memory is about (queueSize + 1) × partSize. */
   queueSize?: number;
+  /** A request whose connection is silent this long fails and is retried (default 60 s). */
+  stallTimeoutMs?: number;
+  /** Attempts per request, the first included (default 6). */
+  maxAttempts?: number;
 }
 
 export interface PutResult {
@@ -171,8 +176,11 @@ export class S3Sink {
       forcePathStyle: true,
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
+      // As many attempts as the registry transport makes: a burst of three 5xx must not end an install.
+      maxAttempts: opts.maxAttempts ?? 6,
       // The options form: the SDK builds its own NodeHttpHandler, so we need no import of its package.
-      requestHandler: { ...tls, connectionTimeout: 30_000 },
+      // Without socketTimeout the SDK waits forever on a server that stops answering mid-request.
+      requestHandler: { ...tls, connectionTimeout: 30_000, socketTimeout: opts.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS },
     });
   }
 

@@ -20,8 +20,11 @@ export interface ObjectSource {
   list(bucket: string, prefix: string): AsyncIterable<ObjectInfo>;
   /** The object's current metadata, or undefined when it does not exist. */
   stat(bucket: string, key: string): Promise<ObjectInfo | undefined>;
-  /** The bytes of exactly the generation `info` names (so a concurrent overwrite is noticed). */
-  read(info: ObjectInfo): Promise<Readable>;
+  /**
+   * The bytes of exactly the generation `info` names (so a concurrent overwrite is noticed), from
+   * byte `offset` on (a resumed read; default 0). Errors another attempt may cure are `retryable`.
+   */
+  read(info: ObjectInfo, offset?: number): Promise<Readable>;
 }
 
 /** An object fetched into the local cache, verified, with the sha256 the bundle records. */

@@ -5,6 +5,8 @@
 export class CodedError<C extends string = string> extends Error {
   readonly code: C;
   readonly retryable: boolean;
+  /** How long the server asked us to wait before another attempt (its Retry-After), when it said. */
+  retryAfterMs?: number;
   constructor(code: C, message: string, opts: { retryable?: boolean; cause?: unknown } = {}) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.name = new.target.name;

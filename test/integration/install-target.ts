@@ -11,12 +11,15 @@ export const s3 = new S3Client({ endpoint: bed.s3.endpoint, region: bed.s3.regio
 /** What install reads from its environment: S3 credentials and the registry password. */
 export const installEnv = { AWS_ACCESS_KEY_ID: bed.s3.accessKeyId, AWS_SECRET_ACCESS_KEY: bed.s3.secretAccessKey, CARTESIA_AIRGAP_REGISTRY_PASSWORD: bed.private.password };
 
-/** Every install gets its own registry prefix and bucket, so tests cannot see each other. */
-export function installArgs(bundle: string, publicKey: string, prefix: string, bucket: string, out: string): string[] {
+/**
+ * Every install gets its own registry prefix and bucket, so tests cannot see each other. `via`
+ * sends the traffic through other addresses of the same servers (the fault proxies).
+ */
+export function installArgs(bundle: string, publicKey: string, prefix: string, bucket: string, out: string, via: { registry: string; s3: string } = { registry: bed.private.host, s3: bed.s3.endpoint }): string[] {
   return [
     'install', bundle, '--public-key', publicKey,
-    '--registry', `${bed.private.host}/${prefix}`, '--registry-username', bed.private.username, '--registry-ca-file', bed.caFile,
-    '--s3-endpoint', bed.s3.endpoint, '--s3-bucket', bucket, '--storage-class', 'standard',
+    '--registry', `${via.registry}/${prefix}`, '--registry-username', bed.private.username, '--registry-ca-file', bed.caFile,
+    '--s3-endpoint', via.s3, '--s3-bucket', bucket, '--storage-class', 'standard',
     '--values-out', join(out, 'values.yaml'), '--env-out', join(out, '.env'),
   ];
 }

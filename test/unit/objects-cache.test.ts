@@ -26,6 +26,10 @@ class MemorySource implements ObjectSource {
   beforeRead?: (info: ObjectInfo) => void;
   /** Changes the bytes served (not the metadata). */
   damage?: (b: Buffer) => Buffer;
+  /** Ends the next reads with this error after `bytes` more bytes (a reset mid-body), once each. */
+  breaks: { bytes: number; error: ObjectError }[] = [];
+  /** The offset each read asked for. */
+  offsets: number[] = [];
 
   put(key: string, data: Buffer, opts: { noMd5?: boolean } = {}): void {
     this.objects.set(key, { data, generation: String(++this.gen), ...(opts.noMd5 ? {} : { md5: md5(data) }) });
@@ -45,18 +49,22 @@ class MemorySource implements ObjectSource {
   async stat(_bucket: string, key: string) {
     return this.info(key);
   }
-  async read(info: ObjectInfo): Promise<Readable> {
+  async read(info: ObjectInfo, offset = 0): Promise<Readable> {
     this.reads++;
+    this.offsets.push(offset);
     this.beforeRead?.(info);
     const o = this.objects.get(info.key);
     if (!o || (!this.ignorePins && o.generation !== info.generation)) throw new ObjectError('GONE', `gs://${BUCKET}/${info.key} generation gone`);
-    const data = this.damage ? this.damage(o.data) : o.data;
+    const data = (this.damage ? this.damage(o.data) : o.data).subarray(offset);
     this.inFlight++;
     this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
     await new Promise((r) => setTimeout(r, 5));
     this.inFlight--;
+    const broken = this.breaks.shift();
     return Readable.from((function* () {
-      for (let i = 0; i < data.length; i += 16 * 1024) yield data.subarray(i, i + 16 * 1024);
+      const end = broken ? Math.min(broken.bytes, data.length) : data.length;
+      for (let i = 0; i < end; i += 16 * 1024) yield data.subarray(i, Math.min(end, i + 16 * 1024));
+      if (broken) throw broken.error;
     })());
   }
 }
@@ -138,6 +146,26 @@ describe('fetchObject', () => {
     const got = await fetchObject(src, old, dir);
     expect(got).toMatchObject({ sha256: sha256(next), generation: (await stat('k')).generation });
     expect(src.reads).toBe(1);
+  });
+
+  it('reads on from the byte it reached after a reset or a stall, and gives up on an error no retry can cure', async () => {
+    const data = randomBytes(100_000);
+    src.put('k', data);
+    const reset = () => new ObjectError('NETWORK', 'cannot reach GCS: ECONNRESET', { retryable: true });
+    src.breaks = [{ bytes: 40_000, error: reset() }, { bytes: 25_000, error: reset() }];
+    let bytes = 0;
+    const got = await fetchObject(src, await stat('k'), dir, { onBytes: (n) => (bytes += n) });
+    expect(got).toMatchObject({ sha256: sha256(data), size: data.length, fetched: true });
+    expect(src.offsets).toEqual([0, 40_000, 65_000]);
+    expect(bytes).toBe(data.length); // no byte fetched twice
+    expect(await temps()).toEqual([]);
+
+    src.put('denied', data);
+    src.breaks = [{ bytes: 1000, error: new ObjectError('DENIED', 'the key was refused') }];
+    src.offsets = [];
+    expect((await rejection(fetchObject(src, await stat('denied'), dir))).message).toBe('the key was refused');
+    expect(src.offsets).toEqual([0]);
+    expect(await temps()).toEqual([]);
   });
 
   it('gives up when the object changes again, or is deleted, while being read', async () => {

@@ -1,4 +1,4 @@
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { isObjectError } from '../../src/objects/cache.ts';
+import { fetchObject, isObjectError } from '../../src/objects/cache.ts';
 import { gcsError, GcsSource, loadServiceAccountKey } from '../../src/objects/gcs.ts';
 import { isCodedError } from '../../src/util/errors.ts';
 import { rejection } from './helpers.ts';
@@ -114,5 +114,79 @@ describe('GcsSource.read against a stand-in server', () => {
     const err = await rejection(readAll('k', '6'));
     expect(isObjectError(err, 'GONE')).toBe(true);
     expect(err.message).toBe('gs://b/k generation 6 is no longer available; it was overwritten or deleted');
+  });
+});
+
+describe('GcsSource.read: resumed and stalled reads', () => {
+  const data = randomBytes(60_000);
+  const ranges: (string | undefined)[] = [];
+  /** 'range' honours Range, 'ignore' answers 200 with everything, 'stall' sends 1000 bytes then nothing, 'silent' nothing at all. */
+  let mode: 'range' | 'ignore' | 'stall' | 'silent' = 'range';
+  /** Statuses to answer first, one per request (a busy GCS). */
+  let busy: number[] = [];
+  let server: Server;
+  let endpoint: string;
+  beforeAll(async () => {
+    server = createServer((req, res) => {
+      ranges.push(req.headers.range);
+      const from = Number(/^bytes=(\d+)-$/.exec(req.headers.range ?? '')?.[1] ?? 0);
+      const head = { 'x-goog-generation': '7', 'content-type': 'application/octet-stream', 'x-goog-stored-content-encoding': 'identity' };
+      const refuse = busy.shift();
+      if (refuse) return void res.writeHead(refuse, { 'content-type': 'application/json', ...(refuse === 429 ? { 'retry-after': '1' } : {}) }).end(JSON.stringify({ error: { code: refuse, message: 'busy' } }));
+      if (mode === 'silent') return;
+      if (mode === 'stall') return void res.writeHead(200, { ...head, 'content-length': data.length }).write(data.subarray(0, 1000));
+      if (mode === 'ignore' || from === 0) return void res.writeHead(200, { ...head, 'content-length': data.length }).end(data);
+      res.writeHead(206, { ...head, 'content-length': data.length - from, 'content-range': `bytes ${from}-${data.length - 1}/${data.length}` }).end(data.subarray(from));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    endpoint = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  });
+  afterAll(() => {
+    server.closeAllConnections();
+    return new Promise((r) => server.close(r));
+  });
+
+  const readAll = async (source: GcsSource, offset: number) => {
+    const chunks: Buffer[] = [];
+    for await (const c of await source.read({ bucket: 'b', key: 'k', size: data.length, generation: '7' }, offset)) chunks.push(c as Buffer);
+    return Buffer.concat(chunks);
+  };
+
+  it('asks for the rest with Range, and drops the prefix when the server sends everything', async () => {
+    const source = new GcsSource({ endpoint });
+    mode = 'range';
+    expect((await readAll(source, 25_000)).equals(data.subarray(25_000))).toBe(true);
+    expect(ranges.at(-1)).toBe('bytes=25000-');
+    mode = 'ignore';
+    expect((await readAll(source, 25_000)).equals(data.subarray(25_000))).toBe(true);
+  });
+
+  it('reports a 5xx or 429 on a read as retryable, without the library retrying it (its retry of a stream crashes the process); the cache honours Retry-After', async () => {
+    mode = 'range';
+    for (const status of [500, 503, 429]) {
+      busy = [status];
+      const before = ranges.length;
+      const err = await rejection(readAll(new GcsSource({ endpoint }), 0));
+      expect(isObjectError(err, 'STORE') && err.retryable, `${status}: ${err.message}`).toBe(true);
+      expect(err.message).toContain(`(HTTP ${status})`);
+      expect(ranges.length - before).toBe(1);
+    }
+    // fetchObject's own loop asks again, not sooner than a Retry-After says.
+    busy = [503, 429];
+    const started = Date.now();
+    const got = await fetchObject(new GcsSource({ endpoint }), { bucket: 'b', key: 'k', size: data.length, generation: '7' }, join(dir, 'cache-busy'));
+    expect(got.sha256).toBe(createHash('sha256').update(data).digest('hex'));
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1000);
+  });
+
+  it('fails a read that stalls (mid-body or before any header) with a retryable NETWORK error after the stall timeout, instead of waiting forever', async () => {
+    mode = 'stall';
+    const started = Date.now();
+    const err = await rejection(readAll(new GcsSource({ endpoint, stallTimeoutMs: 300 }), 0));
+    expect(Date.now() - started).toBeGreaterThanOrEqual(300);
+    expect(isObjectError(err, 'NETWORK') && err.retryable).toBe(true);
+    expect(err.message).toBe('gs://b/k: nothing received from GCS for 0.3 s; the connection stalled');
+    mode = 'silent';
+    expect((await rejection(readAll(new GcsSource({ endpoint, stallTimeoutMs: 300 }), 0))).message).toMatch(/nothing received from GCS for 0\.3 s/);
   });
 });

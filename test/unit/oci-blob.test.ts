@@ -114,6 +114,22 @@ describe('RemoteRepository.openBlob', () => {
     expect(requests.map((r) => r.range)).toEqual([undefined, 'bytes=10000-', 'bytes=20000-', 'bytes=30000-']);
   });
 
+  it('abandons a body that stalls for the stall timeout and resumes it with Range', async () => {
+    const stalling = await Transport.create({}, { retry: { retries: 3, baseDelayMs: 1, maxDelayMs: 5 }, stallTimeoutMs: 300 });
+    await stalling.configure(host, { plainHttp: true });
+    const r = new RemoteRepository(new RegistryClient(host, stalling, new Authorizer(stalling, async () => undefined)), 'a/r');
+    // The first answer sends CUT bytes and then nothing, holding the connection open.
+    handler = (req, res, n) => (n === 1 ? (res.writeHead(200, { 'content-length': BLOB.length }), res.write(BLOB.subarray(0, CUT))) : serveBlob(req, res));
+    const started = Date.now();
+    try {
+      expect((await collect(await r.openBlob(DESC, 0))).equals(BLOB)).toBe(true);
+    } finally {
+      await stalling.close();
+    }
+    expect(Date.now() - started).toBeGreaterThanOrEqual(300);
+    expect(requests.map((q) => q.range)).toEqual([undefined, `bytes=${CUT}-`]);
+  });
+
   it('refuses a 206 for a different range', async () => {
     handler = (_req, res) => {
       res.writeHead(206, { 'content-length': 10, 'content-range': `bytes 0-9/${BLOB.length}` });
@@ -173,6 +189,24 @@ describe('RemoteRepository.resolve / fetchManifest', () => {
     // The bytes are cached: fetching them asks nothing more.
     expect((await repo.fetchManifest({ mediaType: OCI_MANIFEST, digest: sha(manifest), size: manifest.length })).equals(manifest)).toBe(true);
     expect(requests).toHaveLength(1);
+  });
+
+  it('asks again for a manifest, and for the token it needs, when the connection drops in the middle of either body', async () => {
+    const token = JSON.stringify({ token: 'tok-1', expires_in: 300 });
+    const cut = (res: ServerResponse, body: Buffer | string, at: number) => {
+      res.writeHead(200, { 'content-length': Buffer.byteLength(body), 'content-type': OCI_MANIFEST });
+      res.write(Buffer.from(body).subarray(0, at), () => setTimeout(() => res.socket?.destroy(), 30));
+    };
+    let tokens = 0;
+    let manifests = 0;
+    handler = (req, res) => {
+      if (req.url?.startsWith('/token')) return ++tokens === 1 ? cut(res, token, 10) : void res.writeHead(200, { 'content-type': 'application/json' }).end(token);
+      if (req.headers.authorization !== 'Bearer tok-1') return void res.writeHead(401, { 'www-authenticate': `Bearer realm="http://${host}/token",service="s"` }).end();
+      return ++manifests === 1 ? cut(res, manifest, 20) : serveManifest(manifest, { 'content-type': OCI_MANIFEST })(req, res, 0);
+    };
+    const fresh = new RemoteRepository(new RegistryClient(host, transport, new Authorizer(transport, async () => undefined)), 'a/r');
+    expect((await fresh.resolve('t')).digest).toBe(sha(manifest));
+    expect([tokens, manifests]).toEqual([2, 2]);
   });
 
   it('sniffs the media type when the registry sends a generic Content-Type', async () => {

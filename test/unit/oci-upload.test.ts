@@ -174,6 +174,46 @@ describe('uploadBlob: monolithic', () => {
   });
 });
 
+describe('uploadBlob: a registry that is briefly down', () => {
+  it('retries the upload-start POST through a burst of 500, 502, 503 with backoff (it creates nothing that matters)', async () => {
+    const burst = [500, 502, 503];
+    const { client, seen } = await registry((req) => {
+      if (req.method === 'POST') return burst.length > 0 ? { status: burst.shift()! } : { status: 202, headers: { location: '/v2/r/blobs/uploads/u1' } };
+      return { status: 201 };
+    });
+    expect((await upload(client, source().open)).how).toBe('uploaded');
+    expect(seen.map((s) => s.method)).toEqual(['POST', 'POST', 'POST', 'POST', 'PUT']);
+  });
+
+  it('waits between whole-upload attempts, so a registry restarting does not use them all up at once', async () => {
+    let session = 0;
+    const { client, seen, transport } = await registry((req) => {
+      if (req.method === 'POST') return { status: 202, headers: { location: `/v2/r/blobs/uploads/u${++session}` } };
+      if (req.method === 'PUT') return { status: session < 3 ? 503 : 201 };
+      return { status: 204 };
+    });
+    const waits: number[] = [];
+    const backoff = transport.backoff.bind(transport);
+    transport.backoff = (attempt: number) => (waits.push(attempt), backoff(attempt));
+    expect((await upload(client, source().open)).how).toBe('uploaded');
+    expect(seen.filter((s) => s.method === 'PUT')).toHaveLength(3);
+    expect(waits).toEqual([1, 2]);
+  });
+
+  it('waits as long as a 429 on the upload asks (Retry-After) before the next attempt', async () => {
+    let session = 0;
+    const { client, seen } = await registry((req): Reply => {
+      if (req.method === 'POST') return { status: 202, headers: { location: `/v2/r/blobs/uploads/u${++session}` } };
+      if (req.method === 'PUT') return session === 1 ? { status: 429, headers: { 'retry-after': '1' } } : { status: 201 };
+      return { status: 204 };
+    });
+    const started = Date.now();
+    expect((await upload(client, source().open)).how).toBe('uploaded');
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1000);
+    expect(seen.filter((s) => s.method === 'PUT')).toHaveLength(2);
+  });
+});
+
 describe('uploadBlob: authorization', () => {
   it('restarts with a fresh session when the token is refused during a streamed PUT', async () => {
     const valid = new Set<string>();

@@ -1,6 +1,6 @@
 import { OciError } from '../errors.ts';
 import { apiHost } from '../reference.ts';
-import { drain, type Transport } from '../http/transport.ts';
+import { drain, type Response, type Transport } from '../http/transport.ts';
 import { parseChallenges, type Challenge } from './challenge.ts';
 import type { Credential } from './docker-config.ts';
 
@@ -115,26 +115,30 @@ export class Authorizer {
     const realm = new URL(challenge.params.realm!);
     const service = challenge.params.service;
     const login = await this.#login(registry);
-    let res;
+    let send: () => Promise<Response>;
     if (login?.username === IDENTITY_TOKEN_USER) {
       // An identity token from `docker login` is an OAuth2 refresh token (token spec, oauth.md).
       const form = new URLSearchParams({ grant_type: 'refresh_token', refresh_token: login.password, client_id: 'cartesia-airgap', ...(service ? { service } : {}), scope: scopes.join(' ') });
-      res = await this.#transport.send({ url: realm.toString(), method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: form.toString(), idempotent: true });
+      send = () => this.#transport.send({ url: realm.toString(), method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: form.toString(), idempotent: true });
     } else {
       if (service) realm.searchParams.set('service', service);
       for (const s of scopes) realm.searchParams.append('scope', s);
-      res = await this.#transport.send({ url: realm.toString(), method: 'GET', headers: login ? { authorization: basicHeader(login) } : {}, idempotent: true });
+      send = () => this.#transport.send({ url: realm.toString(), method: 'GET', headers: login ? { authorization: basicHeader(login) } : {}, idempotent: true });
     }
+    // The token is read whole: asked again if the connection drops in the middle of it.
+    const { res, body } = await this.#transport.whole(realm.toString(), async () => {
+      const r = await send();
+      return { res: r, body: r.statusCode === 200 ? ((await r.body.json()) as { token?: string; access_token?: string; expires_in?: number; issued_at?: string }) : undefined };
+    });
     if (res.statusCode === 401 || res.statusCode === 403) {
       await drain(res);
       const who = login ? `the credentials for user "${login.username === IDENTITY_TOKEN_USER ? 'identity token' : login.username}"` : 'anonymous access';
       throw new OciError('UNAUTHORIZED', `registry ${registry} refused ${who} (token service answered ${res.statusCode}); check the login or key`);
     }
-    if (res.statusCode !== 200) {
+    if (!body) {
       await drain(res);
       throw new OciError('REGISTRY', `token service ${realm.origin} for ${registry} answered ${res.statusCode}`, { retryable: res.statusCode >= 500 });
     }
-    const body = (await res.body.json()) as { token?: string; access_token?: string; expires_in?: number; issued_at?: string };
     const token = body.token ?? body.access_token;
     if (!token) throw new OciError('REGISTRY', `token service ${realm.origin} for ${registry} answered without a token`);
     // The spec's default lifetime is 60 s; refresh a quarter early (at most 30 s) so a request

@@ -2,6 +2,8 @@ import { readFile } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent, Pool, request, fetch as undiciFetch, type Dispatcher } from 'undici';
+import { retryAfterMs } from '../../util/retry-after.ts';
+import { DEFAULT_STALL_TIMEOUT_MS } from '../../util/stall.ts';
 import { OciError } from '../errors.ts';
 
 /** How to reach one registry host. TLS is verified unless this host says otherwise. */
@@ -63,15 +65,6 @@ export function describeNetworkError(err: unknown, url: string): OciError {
   return new OciError('NETWORK', `cannot reach ${origin} (${code || 'error'}: ${reason})`, { retryable: RETRY_CODES.has(code), cause: err });
 }
 
-/** Retry-After: seconds or an HTTP date (RFC 9110 §10.2.3); bounded so a server cannot park us. */
-function retryAfterMs(value: string | string[] | undefined, maxMs: number): number | undefined {
-  const v = Array.isArray(value) ? value[0] : value;
-  if (!v) return undefined;
-  const secs = Number(v);
-  const ms = Number.isFinite(secs) ? secs * 1000 : Date.parse(v) - Date.now();
-  return Number.isFinite(ms) ? Math.min(Math.max(ms, 0), maxMs) : undefined;
-}
-
 export const header = (res: Response, name: string): string | undefined => {
   const v = res.headers[name.toLowerCase()];
   return Array.isArray(v) ? v[0] : v;
@@ -98,25 +91,26 @@ export class Transport {
   readonly #dispatcher: Dispatcher;
   readonly retry: RetryPolicy;
 
-  private constructor(dispatcher: Dispatcher | undefined, retry: RetryPolicy) {
+  private constructor(dispatcher: Dispatcher | undefined, retry: RetryPolicy, stallTimeoutMs: number) {
     this.retry = retry;
     this.#dispatcher =
       dispatcher ??
       new Agent({
         connections: 16,
         keepAliveTimeout: 30_000,
-        headersTimeout: 120_000,
+        // A registry may think a while before answering a PUT that completes a large blob.
+        headersTimeout: Math.max(120_000, stallTimeoutMs),
         // A stalled body fails after this long and the blob stream resumes with Range.
-        bodyTimeout: 60_000,
+        bodyTimeout: stallTimeoutMs,
         factory: (origin, opts) => new Pool(origin, { ...opts, connect: this.#tlsFor(origin) }),
       });
   }
 
   static async create(
     endpoints: Record<string, EndpointOptions> = {},
-    opts: { dispatcher?: Dispatcher; retry?: Partial<RetryPolicy> } = {},
+    opts: { dispatcher?: Dispatcher; retry?: Partial<RetryPolicy>; stallTimeoutMs?: number } = {},
   ): Promise<Transport> {
-    const t = new Transport(opts.dispatcher, { ...DEFAULT_RETRY, ...opts.retry });
+    const t = new Transport(opts.dispatcher, { ...DEFAULT_RETRY, ...opts.retry }, opts.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS);
     for (const [host, e] of Object.entries(endpoints)) await t.configure(host, e);
     return t;
   }
@@ -168,6 +162,23 @@ export class Transport {
         continue;
       }
       return res;
+    }
+  }
+
+  /**
+   * Runs `attempt` (a request and the reading of its small body: a manifest, a token) again while
+   * it fails with a dropped connection: `send` retries one lost before the headers, this one lost
+   * in the middle of a body read whole. Status answers are the caller's to judge, after.
+   */
+  async whole<T>(url: string, attempt: () => Promise<T>): Promise<T> {
+    for (let failures = 1; ; failures++) {
+      try {
+        return await attempt();
+      } catch (err) {
+        if (!RETRY_CODES.has(errorCode(err))) throw err;
+        if (failures > this.retry.retries) throw describeNetworkError(err, url);
+        await sleep(this.backoff(failures));
+      }
     }
   }
 

@@ -1,6 +1,7 @@
 import type { Readable } from 'node:stream';
 import type { Authorizer } from '../auth/authorizer.ts';
 import { OciError } from '../errors.ts';
+import { retryAfterMs } from '../../util/retry-after.ts';
 import { drain, type Response, type SendRequest, type Transport } from '../http/transport.ts';
 import { apiHost } from '../reference.ts';
 
@@ -46,7 +47,10 @@ export async function registryError(res: Response, what: string): Promise<OciErr
   }
   const status = res.statusCode;
   const code = status === 404 ? 'NOT_FOUND' : status === 401 ? 'UNAUTHORIZED' : status === 403 ? 'DENIED' : status === 413 ? 'TOO_LARGE' : 'REGISTRY';
-  return new OciError(code, `${what}: registry answered ${status}${detail.replace(/\s+/g, ' ')}`, { retryable: status >= 500 || status === 429 });
+  const err = new OciError(code, `${what}: registry answered ${status}${detail.replace(/\s+/g, ' ')}`, { retryable: status >= 500 || status === 429 });
+  const wait = retryAfterMs(res.headers['retry-after']);
+  if (wait !== undefined) err.retryAfterMs = wait;
+  return err;
 }
 
 /** `repository:a/b:pull,push` → `pull,push on a/b`, for messages. */
@@ -70,6 +74,17 @@ export class RegistryClient {
 
   url(path: string): string {
     return /^https?:\/\//.test(path) ? path : `${this.transport.origin(apiHost(this.registry))}${path}`;
+  }
+
+  /**
+   * Sends an idempotent request and reads a 200 answer's small body whole (a manifest), asking
+   * again when the connection drops in the middle of it. Other answers come back unread.
+   */
+  sendAndRead(req: RegistryRequest, cap: number, what: string): Promise<{ res: Response; bytes?: Buffer }> {
+    return this.transport.whole(this.url(req.path), async () => {
+      const res = await this.send(req);
+      return res.statusCode === 200 ? { res, bytes: await readCapped(res, cap, what) } : { res };
+    });
   }
 
   /** Sends with authorization; a 401 is answered by the challenge flow and one retry. */

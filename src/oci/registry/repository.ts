@@ -5,7 +5,7 @@ import { drain, header } from '../http/transport.ts';
 import { isManifestLike, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, sniffMediaType } from '../media-types.ts';
 import type { BlobOrigin, Descriptor, OnBytes, OpenBlob, PushBlobResult, ReadTarget, WriteTarget } from '../types.ts';
 import { openRemoteBlob } from './blob-reader.ts';
-import { readCapped, registryError, type RegistryClient } from './client.ts';
+import { registryError, type RegistryClient } from './client.ts';
 import { uploadBlob } from './upload.ts';
 
 export interface RepositoryOptions {
@@ -37,13 +37,12 @@ export class RemoteRepository implements ReadTarget, WriteTarget {
 
   async resolve(reference: string): Promise<Descriptor> {
     const what = `${this.description}${isDigest(reference) ? '@' : ':'}${reference}`;
-    const res = await this.client.send({ method: 'GET', path: `/v2/${this.repository}/manifests/${reference}`, scopes: this.#pull, headers: { accept: MANIFEST_ACCEPT }, idempotent: true });
+    const { res, bytes } = await this.client.sendAndRead({ method: 'GET', path: `/v2/${this.repository}/manifests/${reference}`, scopes: this.#pull, headers: { accept: MANIFEST_ACCEPT }, idempotent: true }, MAX_MANIFEST_BYTES, `manifest ${what}`);
     if (res.statusCode === 404) {
       await drain(res);
       throw new OciError('NOT_FOUND', `${what} not found: no such tag or digest in that repository`);
     }
-    if (res.statusCode !== 200) throw await registryError(res, `cannot read ${what}`);
-    const bytes = await readCapped(res, MAX_MANIFEST_BYTES, `manifest ${what}`);
+    if (!bytes) throw await registryError(res, `cannot read ${what}`);
     const digest = sha256Digest(bytes);
     // Registries may omit Docker-Content-Digest; the digest is always computed here, and a
     // registry that claims another one is serving something other than what it names.
@@ -62,9 +61,9 @@ export class RemoteRepository implements ReadTarget, WriteTarget {
     let bytes = this.#manifests.get(desc.digest);
     if (!bytes) {
       if (desc.size > MAX_MANIFEST_BYTES) throw new OciError('TOO_LARGE', `manifest ${desc.digest} declares ${desc.size} bytes; refusing manifests over ${MAX_MANIFEST_BYTES}`);
-      const res = await this.client.send({ method: 'GET', path: `/v2/${this.repository}/manifests/${desc.digest}`, scopes: this.#pull, headers: { accept: MANIFEST_ACCEPT }, idempotent: true });
-      if (res.statusCode !== 200) throw await registryError(res, `cannot read manifest ${desc.digest} from ${this.description}`);
-      bytes = await readCapped(res, MAX_MANIFEST_BYTES, `manifest ${desc.digest}`);
+      const got = await this.client.sendAndRead({ method: 'GET', path: `/v2/${this.repository}/manifests/${desc.digest}`, scopes: this.#pull, headers: { accept: MANIFEST_ACCEPT }, idempotent: true }, MAX_MANIFEST_BYTES, `manifest ${desc.digest}`);
+      if (!got.bytes) throw await registryError(got.res, `cannot read manifest ${desc.digest} from ${this.description}`);
+      bytes = got.bytes;
     }
     verifyBytes(desc, bytes, `manifest from ${this.description}`);
     // Kept (manifests are small): a plan walks the graph before the copy walks it again.

@@ -1,4 +1,5 @@
 import { pipeline, Transform, type Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { VerifyingStream } from '../digest.ts';
 import { OciError } from '../errors.ts';
 import { drain, header } from '../http/transport.ts';
@@ -55,7 +56,8 @@ export async function uploadBlob(client: RegistryClient, repository: string, des
     try {
       const scopes = mountFrom ? [...push, `repository:${mountFrom}:pull`] : push;
       const query = mountFrom ? `?mount=${encodeURIComponent(desc.digest)}&from=${encodeURIComponent(mountFrom)}` : '';
-      const started = await client.send({ method: 'POST', path: `/v2/${repository}/blobs/uploads/${query}`, scopes, headers: { 'content-length': '0' } });
+      // Safe to send again (idempotent in effect): a session a lost answer created is never used and expires.
+      const started = await client.send({ method: 'POST', path: `/v2/${repository}/blobs/uploads/${query}`, scopes, headers: { 'content-length': '0' }, idempotent: true });
       if (started.statusCode === 201 && mountFrom) {
         await drain(started);
         return { how: 'mounted', bytesTransferred };
@@ -94,6 +96,9 @@ export async function uploadBlob(client: RegistryClient, repository: string, des
       if (location) void client.send({ method: 'DELETE', path: location, scopes: push }).then(drain, () => {});
       const retryable = err instanceof OciError ? err.retryable : true;
       if (attempt >= ATTEMPTS || !retryable) throw err;
+      // Not at once: a registry that is restarting would take every attempt in a few milliseconds;
+      // and not sooner than a 429 or 503 asked.
+      await sleep((err instanceof OciError ? err.retryAfterMs : undefined) ?? client.transport.backoff(attempt));
     }
   }
 }
