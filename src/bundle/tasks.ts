@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import { mkdir, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { KeyObject } from 'node:crypto';
@@ -219,10 +218,7 @@ async function writeOut(o: BundleOptions, ctx: BundleContext, progress: (done: n
 }
 
 /** The tool's own version, for bundle.json. */
-export function toolVersion(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
-  return pkg.version;
-}
+export { toolVersion } from '../util/package-files.ts';
 
 export async function refuseExisting(output: string): Promise<void> {
   if (await stat(output).then(() => true, () => false)) {
