@@ -34,29 +34,47 @@ interface Manifest {
   commands: Record<string, { relativePath?: string[] }>;
 }
 
-/** Every command module: the package's own and each oclif plugin's, from their oclif.manifest.json. */
-async function commandModules(pkg: { oclif?: { plugins?: string[] } }): Promise<Record<string, string>> {
+interface Commands {
+  manifest: Manifest['commands'];
+  /** id → the module file. */
+  files: Record<string, string>;
+}
+
+/** Every command: the package's own and each oclif plugin's, from their oclif.manifest.json. */
+async function commands(pkg: { oclif?: { plugins?: string[] } }): Promise<Commands> {
   const roots = [ROOT, ...(pkg.oclif?.plugins ?? []).map((p) => join(ROOT, 'node_modules', p))];
-  const modules: Record<string, string> = {};
+  const out: Commands = { manifest: {}, files: {} };
   for (const root of roots) {
     const manifest = JSON.parse(await readFile(join(root, 'oclif.manifest.json'), 'utf8').catch(() => fail(`${relative(ROOT, root) || '.'} has no oclif.manifest.json; run \`npm run build\` first`))) as Manifest;
     for (const [id, c] of Object.entries(manifest.commands)) {
       if (!c.relativePath) fail(`oclif.manifest.json in ${root} gives no path for ${id}; regenerate it with \`npm run build\``);
-      if (modules[id]) fail(`two plugins define the command ${id}`);
-      modules[id] = join(root, ...c.relativePath!);
-      await stat(modules[id]).catch(() => fail(`${relative(ROOT, modules[id]!)} (command ${id}) is missing; run \`npm run build\``));
+      if (out.files[id]) fail(`two plugins define the command ${id}`);
+      const file = join(root, ...c.relativePath!);
+      await stat(file).catch(() => fail(`${relative(ROOT, file)} (command ${id}) is missing; run \`npm run build\``));
+      out.manifest[id] = c;
+      out.files[id] = file;
     }
   }
-  return modules;
+  return out;
 }
 
-/** The generated entry: static imports of every command, handed to src/exe/embedded.ts. */
-function entrySource(modules: Record<string, string>): string {
-  const ids = Object.keys(modules).sort();
-  const lines = ids.map((id, i) => `import * as c${i} from ${JSON.stringify(modules[id])};`);
-  lines.push(`import { runEmbedded } from ${JSON.stringify(join(ROOT, 'dist', 'exe', 'embedded.js'))};`);
-  lines.push(`runEmbedded({ ${ids.map((id, i) => `${JSON.stringify(id)}: c${i}`).join(', ')} });`);
-  return `${lines.join('\n')}\n`;
+/**
+ * The generated entry (CommonJS, so each command's module is required, and evaluated, only when
+ * that command runs): the manifest and a loader per command, handed to src/exe/embedded.ts.
+ */
+function entrySource(c: Commands): string {
+  const ids = Object.keys(c.files).sort();
+  return [
+    `'use strict';`,
+    `const { runEmbedded } = require(${JSON.stringify(join(ROOT, 'dist', 'exe', 'embedded.js'))});`,
+    `runEmbedded({`,
+    `  manifest: ${JSON.stringify(c.manifest)},`,
+    `  modules: {`,
+    ...ids.map((id) => `    ${JSON.stringify(id)}: () => require(${JSON.stringify(c.files[id])}),`),
+    `  },`,
+    `});`,
+    '',
+  ].join('\n');
 }
 
 async function listFiles(dir: string): Promise<string[]> {
@@ -86,10 +104,10 @@ async function main(): Promise<void> {
   const runtimeVersion = execFileSync(RUNTIME, ['--version'], { encoding: 'utf8' }).trim();
   await mkdir(OUT_DIR, { recursive: true });
 
-  const modules = await commandModules(pkg);
-  const entry = join(OUT_DIR, 'exe-entry.mjs');
-  await writeFile(entry, entrySource(modules));
-  step(`${Object.keys(modules).length} commands: ${Object.keys(modules).sort().join(', ')}`);
+  const found = await commands(pkg);
+  const entry = join(OUT_DIR, 'exe-entry.cjs');
+  await writeFile(entry, entrySource(found));
+  step(`${Object.keys(found.files).length} commands: ${Object.keys(found.files).sort().join(', ')}`);
 
   const script = join(OUT_DIR, 'cartesia-airgap.cjs');
   const warnings: string[] = [];
@@ -102,7 +120,7 @@ async function main(): Promise<void> {
       if (level === 'warn') warnings.push(log.message);
     },
   });
-  await bundle.write({ file: script, format: 'cjs', codeSplitting: false, minify: true, comments: { legal: false } });
+  await bundle.write({ file: script, format: 'cjs', codeSplitting: false, minify: true, keepNames: true });
   await bundle.close();
   for (const w of warnings) console.warn(`  rolldown: ${w.split('\n')[0]}`);
   step(`bundled into ${relative(ROOT, script)} (${((await stat(script)).size / 2 ** 20).toFixed(1)} MiB)`);
