@@ -26,7 +26,7 @@ const MAX_SIGNATURE_BYTES = 4096;
 const RECORD = 10240;
 const READ_HIGH_WATER_MARK = 1 << 20;
 /** The top-level names a bundle may hold after bundle.json and its signature. */
-const ALLOWED_DIRS = ['release/', 'images/', 'artifacts/'];
+const ALLOWED_DIRS = ['tool/', 'release/', 'images/', 'artifacts/'];
 
 export interface EntryLocation {
   /** Byte offset of the content in the bundle file. */
@@ -173,7 +173,7 @@ function parseManifest(bytes: Buffer): BundleManifest {
   if (m.entries[0]?.path !== SUMS_PATH) throw bad(`bundle.json lists ${q(m.entries[0]?.path ?? '(nothing)')} first; a bundle's first listed entry is SHA256SUMS`);
   const paths = new Set<string>();
   for (const [i, e] of m.entries.entries()) {
-    if (i > 0 && !ALLOWED_DIRS.some((d) => e.path.startsWith(d))) throw bad(`bundle.json lists ${q(e.path)}, outside the names a bundle may hold (SHA256SUMS, release/, images/, artifacts/)`);
+    if (i > 0 && !ALLOWED_DIRS.some((d) => e.path.startsWith(d))) throw bad(`bundle.json lists ${q(e.path)}, outside the names a bundle may hold (SHA256SUMS, ${ALLOWED_DIRS.join(', ')})`);
     if (paths.has(e.path)) throw bad(`bundle.json lists ${e.path} twice`);
     paths.add(e.path);
   }

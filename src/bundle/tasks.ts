@@ -13,6 +13,7 @@ import type { CachedObject, ObjectInfo, ObjectSource } from '../objects/types.ts
 import { fetchImages, imageEntries, planImages, shortName, type ImageSpec, type PlannedImage, SourceRegistries } from './images.ts';
 import type { BundleArtifact, BundleManifest } from './manifest.ts';
 import { checkSpace } from './plan.ts';
+import { installerEntry, installerRecord, type Installer } from './installer.ts';
 import { selectImages, type LoadedRecipe } from './recipe.ts';
 import { resolveRelease, type ResolvedRelease } from './release.ts';
 import { fileEntry, writeBundle, type EntrySource, type WriteBundleResult } from './writer.ts';
@@ -34,6 +35,8 @@ export interface BundleOptions {
   signingKey?: KeyObject;
   concurrency: number;
   toolVersion: string;
+  /** The executable to carry in tool/; absent with --no-installer. */
+  installer?: Installer;
 }
 
 export interface BundleContext {
@@ -185,11 +188,13 @@ async function writeOut(o: BundleOptions, ctx: BundleContext, progress: (done: n
     path: `artifacts/${c.bucket}/${c.key}`,
   }));
   const artifactEntries = cached.map((c, i) => fileEntry(artifacts[i]!.path, c.path, c.size, c.sha256));
-  const entries = [...releaseEntries, ...imageFiles, ...artifactEntries];
+  // The installer first: `tar -xf BUNDLE tool/` finds it at once, and in the first volume.
+  const entries = [...(o.installer ? [installerEntry(o.installer)] : []), ...releaseEntries, ...imageFiles, ...artifactEntries];
   const mtime = bundleDate(release);
   const manifest: Omit<BundleManifest, 'entries' | 'signer'> = {
     formatVersion: 1,
     tool: { name: 'cartesia-airgap', version: o.toolVersion },
+    ...(o.installer ? { installer: installerRecord(o.installer) } : {}),
     created: mtime.toISOString(),
     recipe: { name: o.recipe.recipe.name, sha256: o.recipe.sha256 },
     release: { version: release.version, tag: release.tag, archive: { path: `release/${release.archiveName}`, sha256: release.archive.sha256, size: release.archive.size } },

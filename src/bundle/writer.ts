@@ -22,6 +22,8 @@ export interface EntrySource {
   path: string;
   size: number;
   sha256: string;
+  /** Tar mode: 0o644 (the default), or 0o755 for an executable. */
+  mode?: number;
   open(): Promise<Readable>;
 }
 
@@ -66,6 +68,7 @@ function checkEntries(entries: readonly EntrySource[]): void {
     if (!ok.success) throw new OciError('LAYOUT', `bundle entry ${JSON.stringify(e.path)}: ${ok.error.issues[0]?.message ?? 'invalid'}`);
     if (RESERVED.has(e.path)) throw new OciError('LAYOUT', `bundle entry ${e.path} would clash with the bundle's own ${e.path}`);
     if (seen.has(e.path)) throw new OciError('LAYOUT', `bundle entry ${e.path} is listed twice`);
+    if (e.mode !== undefined && e.mode !== 0o644 && e.mode !== 0o755) throw new OciError('LAYOUT', `bundle entry ${e.path}: mode ${e.mode.toString(8)} is neither 644 nor 755`);
     seen.add(e.path);
   }
   // A file that is also another entry's parent directory cannot be extracted.
@@ -89,7 +92,7 @@ function buildManifest(opts: WriteBundleOptions, entries: BundleEntry[]): Bundle
   const m = parsed.data;
   // What the manifest says about the release archive and artifacts must match the entries.
   const byPath = new Map(entries.map((e) => [e.path, e]));
-  for (const ref of [m.release.archive, ...m.artifacts]) {
+  for (const ref of [m.release.archive, ...m.artifacts, ...(m.installer ? [m.installer] : [])]) {
     const e = byPath.get(ref.path);
     if (!e || e.size !== ref.size || e.sha256 !== ref.sha256) {
       throw new OciError('LAYOUT', `bundle.json names ${ref.path} (${ref.size} bytes, sha256 ${ref.sha256}) but the entries ${e ? 'disagree' : 'do not include it'}`);
@@ -127,7 +130,7 @@ export async function writeBundle(opts: WriteBundleOptions): Promise<WriteBundle
   const json = Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`);
   const sig = opts.signingKey ? Buffer.from(signManifest(json, opts.signingKey)) : undefined;
 
-  const header = (name: string, size: number): Partial<TarHeader> & { name: string } => ({ name, size, mode: 0o644, uid: 0, gid: 0, uname: '', gname: '', mtime: opts.mtime, type: 'file' });
+  const header = (name: string, size: number, mode = 0o644): Partial<TarHeader> & { name: string } => ({ name, size, mode, uid: 0, gid: 0, uname: '', gname: '', mtime: opts.mtime, type: 'file' });
   const partial = `${opts.output}.partial`;
   const fh = await openPartial(partial);
   const pack = tarPack();
@@ -160,7 +163,7 @@ export async function writeBundle(opts: WriteBundleOptions): Promise<WriteBundle
     await addEntry(header(MANIFEST_PATH, json.length), json);
     if (sig) await addEntry(header(SIGNATURE_PATH, sig.length), sig);
     await addEntry(header(SUMS_PATH, sums.length), sums);
-    for (const e of opts.entries) await addEntry(header(e.path, e.size), (sink) => streamEntry(e, sink, opts.onBytes));
+    for (const e of opts.entries) await addEntry(header(e.path, e.size, e.mode), (sink) => streamEntry(e, sink, opts.onBytes));
     pack.finalize();
   };
 

@@ -5,6 +5,7 @@ import { Listr } from 'listr2';
 import { listrOptions } from '../progress/listr.ts';
 import { AirgapCommand } from '../base-command.ts';
 import { SourceRegistries } from '../bundle/images.ts';
+import { defaultInstaller, loadInstaller } from '../bundle/installer.ts';
 import { loadRecipe } from '../bundle/recipe.ts';
 import { loadSigningKey } from '../bundle/sign.ts';
 import { bundleTasks, refuseExisting, toolVersion, type BundleContext } from '../bundle/tasks.ts';
@@ -46,6 +47,8 @@ export default class Bundle extends AirgapCommand {
     'source-ca-file': Flags.string({ description: 'CA certificate (PEM) for the source registry' }),
     'source-plain-http': Flags.boolean({ description: 'talk plain HTTP to the source registry' }),
     recipe: Flags.string({ description: 'recipe file (default: the bundled bundles/cartesia.yaml)' }),
+    installer: Flags.string({ description: 'the cartesia-airgap executable to carry in tool/ (default: build/cartesia-airgap from `npm run build:exe`, or this executable itself)', env: 'CARTESIA_AIRGAP_INSTALLER' }),
+    'no-installer': Flags.boolean({ description: 'carry no installer executable', env: 'CARTESIA_AIRGAP_NO_INSTALLER' }),
     concurrency: Flags.integer({ description: 'transfers at once', default: 4, min: 1, max: 64 }),
     json: Flags.boolean({ description: 'print one JSON summary on stdout and nothing else' }),
   };
@@ -64,7 +67,10 @@ export default class Bundle extends AirgapCommand {
     const output = resolve(flags.output);
     if (!flags['signing-key'] && !flags.unsigned) this.error('no --signing-key given; sign the bundle (make a key with `keys generate`) or pass --unsigned', { exit: 2 });
     if (flags.customer && flags['customer-bucket']) this.error('give --customer or --customer-bucket, not both', { exit: 2 });
+    if (flags.installer && flags['no-installer']) this.error('give --installer or --no-installer, not both', { exit: 2 });
     await refuseExisting(output);
+    // Checked before anything is downloaded.
+    const installer = flags['no-installer'] ? undefined : await loadInstaller(resolve(flags.installer ?? defaultInstaller()), flags.installer !== undefined);
     const recipe = await loadRecipe(flags.recipe);
     const signingKey = flags['signing-key'] ? await loadSigningKey(flags['signing-key'], process.env.CARTESIA_AIRGAP_KEY_PASSPHRASE || undefined) : undefined;
     const platform = flags.platform ? parsePlatform(flags.platform) : undefined;
@@ -98,6 +104,7 @@ export default class Bundle extends AirgapCommand {
         ...(signingKey ? { signingKey } : {}),
         concurrency: flags.concurrency,
         toolVersion: toolVersion(),
+        ...(installer ? { installer } : {}),
       }),
       listrOptions(flags.json) as never,
     );
@@ -111,6 +118,7 @@ export default class Bundle extends AirgapCommand {
         signed: Boolean(signingKey),
         release: { version: r.manifest.release.version, tag: r.manifest.release.tag },
         images: r.manifest.images.map((i) => ({ name: i.name, tag: i.tag, digest: i.digest })),
+        installer: r.manifest.installer ? { path: r.manifest.installer.path, version: r.manifest.installer.version, sha256: r.manifest.installer.sha256, size: r.manifest.installer.size } : null,
         artifacts: { count: r.manifest.artifacts.length, bytes: r.manifest.artifacts.reduce((n, a) => n + a.size, 0) },
         transferred: { images: ctx.imageBytesFetched, artifacts: ctx.objectBytesFetched },
       };

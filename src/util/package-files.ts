@@ -12,8 +12,8 @@ import { fileURLToPath } from 'node:url';
 /** The shipped directories the executable embeds whole (package.json is embedded too). */
 export const SHIPPED_DIRS = ['bundles', 'templates'] as const;
 
-// Computed on use: inside the executable there is no package root (and no import.meta.url).
-const packageRoot = (): string => fileURLToPath(new URL('../../', import.meta.url));
+/** The npm package's root; computed on use, since inside the executable there is none. */
+export const packageRoot = (): string => fileURLToPath(new URL('../../', import.meta.url));
 
 /** How messages name a shipped file. */
 export const shippedName = (rel: string): string => (isSea() ? `${rel} (built into ${process.execPath})` : join(packageRoot(), rel));
