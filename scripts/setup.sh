@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(docker-registry skopeo umoci openssl apache2-utils time)
+APT_PKGS=(docker-registry skopeo umoci openssl apache2-utils time strace)
 MOTO_DEB_VERSION="${MOTO_DEB_VERSION:-5.1.1-4}"
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
