@@ -17,8 +17,8 @@ export const buildInfoSchema = z.strictObject({
   node: z.string().regex(/^v\d+\.\d+\.\d+/),
   /** `process.platform-process.arch` of the runtime, e.g. linux-x64. */
   platform: z.string().min(1),
-  /** The newest bundle format the executable reads. */
-  formatVersion: z.number().int().positive(),
+  /** The newest bundle format the executable reads (older ones are refused by bundle, not here). */
+  formatVersion: z.number().int().nonnegative(),
 });
 
 export type BuildInfo = z.infer<typeof buildInfoSchema>;

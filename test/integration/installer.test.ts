@@ -178,4 +178,13 @@ describe('the installer in the bundle', () => {
     const summary = (r: CliResult, t: (typeof targets)['exe']) => JSON.parse(same(r.stdout, t)) as Record<string, unknown>;
     expect(summary(a, targets.exe)).toEqual(summary(b, targets.npm));
   });
+
+  it('bundle run from the executable carries the executable itself', async () => {
+    const out = join(work, 'from-exe.tar');
+    const r = await bare(exe, ['bundle', '--output', out, '--key-file', bed.saKeyFile, '--gcs-endpoint', bed.gcs.endpoint, '--source-registry', `${bed.source.host}/${bed.source.prefix}`, '--source-ca-file', bed.caFile, '--models', 'sonic-3', '--unsigned', '--cache-dir', join(work, 'cache'), '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const m = (await openBundle(out)).manifest;
+    expect(m.installer?.sha256).toBe((await run('sha256sum', [exe])).split(' ')[0]);
+    expect(m.entries[1]?.path).toBe('tool/cartesia-airgap');
+  });
 });
