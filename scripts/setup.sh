@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs everything the tests and the demo need on a fresh Debian bookworm machine:
-# Debian packages (registry, skopeo, umoci, openssl, htpasswd), moto_server from Debian trixie
+# Debian packages (registry, skopeo, umoci, openssl, htpasswd, strace), moto_server from Debian trixie
 # through a side apt index (the system's sources are never touched), and the npm dependencies
 # (which include the pinned Node 24 runtime). Idempotent: a second run only checks and exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(docker-registry skopeo umoci openssl apache2-utils time)
+APT_PKGS=(docker-registry skopeo umoci openssl apache2-utils time strace)
 MOTO_DEB_VERSION="${MOTO_DEB_VERSION:-5.1.1-4}"
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"

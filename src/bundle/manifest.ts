@@ -82,9 +82,25 @@ export const baseSchema = z.object({
   }),
 });
 
+/** The installer executable a bundle carries in tool/ (`npm run build:exe`), as its build note describes it. */
+export const installerSchema = z.object({
+  path: entryPath,
+  size: z.number().int().nonnegative(),
+  sha256: sha256Hex,
+  /** The tool version inside it. */
+  version: z.string(),
+  /** Its Node runtime, e.g. v24.21.0, and where it runs, e.g. linux-x64. */
+  node: z.string(),
+  platform: z.string(),
+  /** The newest bundle format it reads (1.1 reads split bundles). */
+  formatVersion: z.number().positive(),
+});
+
 export const bundleManifestSchema = z.object({
   formatVersion: z.literal(BUNDLE_FORMAT_VERSION),
   tool: z.object({ name: z.literal('cartesia-airgap'), version: z.string() }),
+  /** Absent when the bundle carries no installer (--no-installer). */
+  installer: installerSchema.optional(),
   /** The fixed timestamp of every tar entry (SOURCE_DATE_EPOCH or the release's date). */
   created: z.string(),
   recipe: z.object({ name: z.string(), sha256: sha256Hex }),
@@ -119,8 +135,11 @@ export type BundleArtifact = z.infer<typeof artifactSchema>;
 export type VolumeEntry = z.infer<typeof volumeEntrySchema>;
 export type BundleVolumes = z.infer<typeof volumesSchema>;
 export type BundleBase = z.infer<typeof baseSchema>;
+export type BundleInstaller = z.infer<typeof installerSchema>;
 
 /** The fixed names of the first entries (DESIGN.md §3). */
 export const MANIFEST_PATH = 'bundle.json';
 export const SIGNATURE_PATH = 'bundle.json.sig';
 export const SUMS_PATH = 'SHA256SUMS';
+/** Where the installer executable goes, so `tar -xf BUNDLE tool/` gets it alone. */
+export const INSTALLER_PATH = 'tool/cartesia-airgap';

@@ -30,7 +30,7 @@ const MAX_SIGNATURE_BYTES = 4096;
 /** GNU tar pads archives to its 20-block record; tar-stream (our writer) does not pad at all. */
 const RECORD = 10240;
 /** The top-level names a bundle may hold after bundle.json and its signature. */
-const ALLOWED_DIRS = ['release/', 'images/', 'artifacts/'];
+const ALLOWED_DIRS = ['tool/', 'release/', 'images/', 'artifacts/'];
 
 export interface EntryLocation {
   /** Byte offset of the content in the bundle file (for an entry in pieces, of its first piece). */
@@ -273,7 +273,7 @@ export function parseManifest(bytes: Buffer): AnyManifest {
   if (!split && m.entries[0]?.path !== SUMS_PATH) throw bad(`bundle.json lists ${q(m.entries[0]?.path ?? '(nothing)')} first; a bundle's first listed entry is SHA256SUMS`);
   const paths = new Set<string>();
   for (const [i, e] of m.entries.entries()) {
-    if ((split || i > 0) && !ALLOWED_DIRS.some((d) => e.path.startsWith(d))) throw bad(`bundle.json lists ${q(e.path)}, outside the names a bundle may hold (SHA256SUMS, release/, images/, artifacts/)`);
+    if ((split || i > 0) && !ALLOWED_DIRS.some((d) => e.path.startsWith(d))) throw bad(`bundle.json lists ${q(e.path)}, outside the names a bundle may hold (SHA256SUMS, ${ALLOWED_DIRS.join(', ')})`);
     if (paths.has(e.path)) throw bad(`bundle.json lists ${e.path} twice`);
     paths.add(e.path);
   }

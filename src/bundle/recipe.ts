@@ -1,10 +1,9 @@
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parse } from 'yaml';
 import { z } from 'zod';
 import { OciError } from '../oci/errors.ts';
+import { readShipped, shippedName } from '../util/package-files.ts';
 
 const keyPath = z.string().regex(/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/, 'a dotted key path such as release.releaseTag');
 
@@ -33,8 +32,8 @@ export const recipeSchema = z.strictObject({
 
 export type Recipe = z.infer<typeof recipeSchema>;
 
-/** The recipe shipped with the tool (package root `bundles/`). */
-export const DEFAULT_RECIPE = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'bundles', 'cartesia.yaml');
+/** The recipe shipped with the tool, relative to the package root. */
+export const DEFAULT_RECIPE = 'bundles/cartesia.yaml';
 
 export interface LoadedRecipe {
   recipe: Recipe;
@@ -43,10 +42,12 @@ export interface LoadedRecipe {
   file: string;
 }
 
-export async function loadRecipe(file = DEFAULT_RECIPE): Promise<LoadedRecipe> {
+/** `file`, or the recipe shipped with the tool. */
+export async function loadRecipe(path?: string): Promise<LoadedRecipe> {
+  const file = path ?? shippedName(DEFAULT_RECIPE);
   let text: Buffer;
   try {
-    text = await readFile(file);
+    text = path ? await readFile(path) : await readShipped(DEFAULT_RECIPE);
   } catch (err) {
     throw new OciError('UNSUPPORTED', `cannot read the recipe ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
   }

@@ -16,6 +16,7 @@ import { cutDelta, savedBytes } from './delta.ts';
 import { fetchImages, imageEntries, planImages, shortName, type ImageSpec, type PlannedImage, SourceRegistries } from './images.ts';
 import type { BundleArtifact, BundleManifest } from './manifest.ts';
 import { checkSpace, explainNoSpace } from './plan.ts';
+import { installerEntry, installerRecord, type Installer } from './installer.ts';
 import { selectImages, type LoadedRecipe } from './recipe.ts';
 import { resolveRelease, type ResolvedRelease } from './release.ts';
 import { writeVolumes } from './volume-writer.ts';
@@ -43,6 +44,8 @@ export interface BundleOptions {
   base?: { file: string; publicKey: KeyObject };
   concurrency: number;
   toolVersion: string;
+  /** The executable to carry in tool/; absent with --no-installer. */
+  installer?: Installer;
 }
 
 export interface BundleContext {
@@ -242,7 +245,8 @@ async function writeOut(o: BundleOptions, ctx: BundleContext, progress: (done: n
     path: `artifacts/${c.bucket}/${c.key}`,
   }));
   const artifactEntries = cached.map((c, i) => fileEntry(artifacts[i]!.path, c.path, c.size, c.sha256));
-  let entries = [...releaseEntries, ...imageFiles, ...artifactEntries];
+  // The installer first: `tar -xf BUNDLE tool/` finds it at once, and in the first volume.
+  let entries = [...(o.installer ? [installerEntry(o.installer)] : []), ...releaseEntries, ...imageFiles, ...artifactEntries];
   let carried = artifacts;
   let base: BundleManifest['base'];
   if (ctx.base) {
@@ -253,6 +257,7 @@ async function writeOut(o: BundleOptions, ctx: BundleContext, progress: (done: n
   const manifest: Omit<BundleManifest, 'entries' | 'signer'> = {
     formatVersion: 1,
     tool: { name: 'cartesia-airgap', version: o.toolVersion },
+    ...(o.installer ? { installer: installerRecord(o.installer) } : {}),
     created: mtime.toISOString(),
     recipe: { name: o.recipe.recipe.name, sha256: o.recipe.sha256 },
     release: { version: release.version, tag: release.tag, archive: { path: `release/${release.archiveName}`, sha256: release.archive.sha256, size: release.archive.size } },
@@ -281,10 +286,7 @@ async function writeOut(o: BundleOptions, ctx: BundleContext, progress: (done: n
 }
 
 /** The tool's own version, for bundle.json. */
-export function toolVersion(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
-  return pkg.version;
-}
+export { toolVersion } from '../util/package-files.ts';
 
 export async function refuseExisting(output: string, split = false): Promise<void> {
   if (!split && (await stat(output).then(() => true, () => false))) {

@@ -97,7 +97,7 @@ export function checkManifestSignature(manifestBytes: Buffer, signature: string 
 function checkPromises(b: OpenedBundle, relied: Set<string>): void {
   const m = b.manifest;
   const entries = new Map(m.entries.map((e) => [e.path, e]));
-  for (const ref of [m.release.archive, ...m.artifacts]) {
+  for (const ref of [m.release.archive, ...m.artifacts, ...(m.installer ? [m.installer] : [])]) {
     const e = entries.get(ref.path);
     if (!e) throw bad(`bundle.json names ${ref.path}, but the bundle has no such entry`);
     if (e.size !== ref.size || e.sha256 !== ref.sha256) throw bad(`bundle.json describes ${ref.path} twice, differently (${ref.size} bytes, sha256 ${short(ref.sha256)} vs ${e.size} bytes, sha256 ${short(e.sha256)})`);

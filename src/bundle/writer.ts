@@ -24,6 +24,8 @@ export interface EntrySource {
   sha256: string;
   /** The bytes from `offset` (default 0) to the end: a piece of an entry split across volumes starts mid-entry. */
   open(offset?: number): Promise<Readable>;
+  /** Tar mode: 0o644 (the default), or 0o755 for an executable. */
+  mode?: number;
 }
 
 export interface WriteBundleOptions {
@@ -72,6 +74,7 @@ export function checkEntries(entries: readonly EntrySource[]): void {
     if (!ok.success) throw new OciError('LAYOUT', `bundle entry ${JSON.stringify(e.path)}: ${ok.error.issues[0]?.message ?? 'invalid'}`);
     if (RESERVED.has(e.path)) throw new OciError('LAYOUT', `bundle entry ${e.path} would clash with the bundle's own ${e.path}`);
     if (seen.has(e.path)) throw new OciError('LAYOUT', `bundle entry ${e.path} is listed twice`);
+    if (e.mode !== undefined && e.mode !== 0o644 && e.mode !== 0o755) throw new OciError('LAYOUT', `bundle entry ${e.path}: mode ${e.mode.toString(8)} is neither 644 nor 755`);
     seen.add(e.path);
   }
   // A file that is also another entry's parent directory cannot be extracted.
@@ -95,7 +98,7 @@ export function buildManifest(opts: WriteBundleOptions, entries: BundleEntry[]):
   const m = parsed.data;
   // What the manifest says about the release archive and artifacts must match the entries.
   const byPath = new Map(entries.map((e) => [e.path, e]));
-  for (const ref of [m.release.archive, ...m.artifacts]) {
+  for (const ref of [m.release.archive, ...m.artifacts, ...(m.installer ? [m.installer] : [])]) {
     const e = byPath.get(ref.path);
     if (!e || e.size !== ref.size || e.sha256 !== ref.sha256) {
       throw new OciError('LAYOUT', `bundle.json names ${ref.path} (${ref.size} bytes, sha256 ${ref.sha256}) but the entries ${e ? 'disagree' : 'do not include it'}`);
@@ -105,7 +108,7 @@ export function buildManifest(opts: WriteBundleOptions, entries: BundleEntry[]):
 }
 
 /** Writes all of `buf` at `position` (FileHandle.write may write less than asked). */
-async function writeAll(fh: FileHandle, buf: Uint8Array, position: number): Promise<void> {
+export async function writeAll(fh: FileHandle, buf: Uint8Array, position: number): Promise<void> {
   for (let off = 0; off < buf.length; ) off += (await fh.write(buf, off, buf.length - off, position + off)).bytesWritten;
 }
 
@@ -170,7 +173,7 @@ export async function writeTarFile(
   mtime: Date,
   onBytes?: (entryPath: string, bytes: number) => void,
 ): Promise<{ size: number; sha256: string }> {
-  const header = (name: string, size: number): Partial<TarHeader> & { name: string } => ({ name, size, mode: 0o644, uid: 0, gid: 0, uname: '', gname: '', mtime, type: 'file' });
+  const header = (name: string, size: number, mode = 0o644): Partial<TarHeader> & { name: string } => ({ name, size, mode, uid: 0, gid: 0, uname: '', gname: '', mtime, type: 'file' });
   const partial = file;
   const fh = await openPartial(partial);
   const pack = tarPack();
@@ -201,7 +204,7 @@ export async function writeTarFile(
 
   const produce = async (): Promise<void> => {
     for (const h of head) await addEntry(header(h.path, h.bytes.length), h.bytes);
-    for (const e of entries) await addEntry(header(e.path, e.size), (sink) => streamEntry(e, sink, onBytes));
+    for (const e of entries) await addEntry(header(e.path, e.size, e.mode), (sink) => streamEntry(e, sink, onBytes));
     pack.finalize();
   };
 

@@ -6,6 +6,7 @@ import { Listr } from 'listr2';
 import { listrOptions } from '../progress/listr.ts';
 import { AirgapCommand } from '../base-command.ts';
 import { SourceRegistries } from '../bundle/images.ts';
+import { defaultInstaller, loadInstaller } from '../bundle/installer.ts';
 import { loadRecipe } from '../bundle/recipe.ts';
 import { deltaSummary } from '../bundle/delta.ts';
 import { loadPublicKey, loadSigningKey } from '../bundle/sign.ts';
@@ -60,6 +61,8 @@ export default class Bundle extends AirgapCommand {
     'source-ca-file': Flags.string({ description: 'CA certificate (PEM) for the source registry' }),
     'source-plain-http': Flags.boolean({ description: 'talk plain HTTP to the source registry' }),
     recipe: Flags.string({ description: 'recipe file (default: the bundled bundles/cartesia.yaml)' }),
+    installer: Flags.string({ description: 'the cartesia-airgap executable to carry in tool/ (default: build/cartesia-airgap from `npm run build:exe`, or this executable itself)', env: 'CARTESIA_AIRGAP_INSTALLER' }),
+    'no-installer': Flags.boolean({ description: 'carry no installer executable', env: 'CARTESIA_AIRGAP_NO_INSTALLER' }),
     concurrency: Flags.integer({ description: 'transfers at once', default: 4, min: 1, max: 64 }),
     json: Flags.boolean({ description: 'print one JSON summary on stdout and nothing else' }),
   };
@@ -79,8 +82,11 @@ export default class Bundle extends AirgapCommand {
     const stall = this.stallTimeoutMs();
     if (!flags['signing-key'] && !flags.unsigned) this.error('no --signing-key given; sign the bundle (make a key with `keys generate`) or pass --unsigned', { exit: 2 });
     if (flags.customer && flags['customer-bucket']) this.error('give --customer or --customer-bucket, not both', { exit: 2 });
+    if (flags.installer && flags['no-installer']) this.error('give --installer or --no-installer, not both', { exit: 2 });
     const splitSize = flags['split-size'] === undefined ? undefined : parseSplitSize(flags['split-size']);
     await refuseExisting(output, splitSize !== undefined);
+    // Checked before anything is downloaded.
+    const installer = flags['no-installer'] ? undefined : await loadInstaller(resolve(flags.installer ?? defaultInstaller()), flags.installer !== undefined);
     const recipe = await loadRecipe(flags.recipe);
     const signingKey = flags['signing-key'] ? await loadSigningKey(flags['signing-key'], process.env.CARTESIA_AIRGAP_KEY_PASSPHRASE || undefined) : undefined;
     // The base is trusted only once its signature verifies; by default with our own key's public half.
@@ -119,6 +125,7 @@ export default class Bundle extends AirgapCommand {
         ...(base ? { base } : {}),
         concurrency: flags.concurrency,
         toolVersion: toolVersion(),
+        ...(installer ? { installer } : {}),
       }),
       listrOptions(flags.json) as never,
     );
@@ -132,6 +139,7 @@ export default class Bundle extends AirgapCommand {
         signed: Boolean(signingKey),
         release: { version: r.manifest.release.version, tag: r.manifest.release.tag },
         images: r.manifest.images.map((i) => ({ name: i.name, tag: i.tag, digest: i.digest })),
+        installer: r.manifest.installer ? { path: r.manifest.installer.path, version: r.manifest.installer.version, sha256: r.manifest.installer.sha256, size: r.manifest.installer.size } : null,
         artifacts: { count: r.manifest.artifacts.length, bytes: r.manifest.artifacts.reduce((n, a) => n + a.size, 0) },
         transferred: { release: ctx.releaseBytesFetched, images: ctx.imageBytesFetched, artifacts: ctx.objectBytesFetched },
         // Split: `path` is the first volume and `sha256` that of bundle.json, which every volume carries.

@@ -20,6 +20,8 @@ export interface InspectOutput {
   size: number;
   formatVersion: number;
   tool: { name: string; version: string };
+  /** The installer executable in tool/, or null. */
+  installer: { path: string; version: string; node: string; platform: string; size: number; sha256: string } | null;
   created: string;
   release: { version: string; tag: string; archive: string };
   customer: { name?: string; bucket: string } | null;
@@ -82,6 +84,7 @@ export default class Inspect extends AirgapCommand {
       size: b.index.fileSize,
       formatVersion: m.formatVersion,
       tool: m.tool,
+      installer: m.installer ? { path: m.installer.path, version: m.installer.version, node: m.installer.node, platform: m.installer.platform, size: m.installer.size, sha256: m.installer.sha256 } : null,
       created: m.created,
       release: { version: m.release.version, tag: m.release.tag, archive: m.release.archive.path },
       customer: m.customer,
@@ -116,6 +119,7 @@ export default class Inspect extends AirgapCommand {
     this.log(`release   ${out.release.version}  tag ${out.release.tag}`);
     this.log(`created   ${out.created}`);
     this.log(`tool      ${out.tool.name} ${out.tool.version}  (format ${out.formatVersion})`);
+    this.log(`installer ${out.installer ? `${out.installer.path}  ${out.installer.version}, node ${out.installer.node}, ${out.installer.platform}, ${human(out.installer.size)}` : 'none'}`);
     this.log(`signer    ${out.signer ?? 'unsigned'}${out.signer ? '  (not verified; run `verify --public-key`)' : ''}`);
     if (out.customer) this.log(`customer  ${out.customer.name ?? '-'}  gs://${out.customer.bucket}`);
     if (out.base) {

@@ -1,5 +1,3 @@
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { fill, loadTemplate, parseTemplate, templateString, type Facts } from './values.ts';
 
@@ -8,10 +6,10 @@ export const envMappingSchema = z.strictObject({ vars: z.record(varName, z.union
 /** VARIABLE → value template (`{{fact}}` placeholders), as in templates/compose-env.yaml. */
 export type EnvMapping = Record<string, string | number | boolean>;
 
-export const DEFAULT_ENV_MAPPING = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'templates', 'compose-env.yaml');
+export const DEFAULT_ENV_MAPPING = 'templates/compose-env.yaml';
 
 export const parseEnvMapping = (text: string, name = 'env mapping'): EnvMapping => parseTemplate(envMappingSchema, text, name).vars;
-export const loadEnvMapping = async (file = DEFAULT_ENV_MAPPING): Promise<EnvMapping> => (await loadTemplate(envMappingSchema, file)).vars;
+export const loadEnvMapping = async (file?: string): Promise<EnvMapping> => (await loadTemplate(envMappingSchema, file, DEFAULT_ENV_MAPPING)).vars;
 
 export interface EnvInput {
   /** local/.env.example, as text. */

@@ -1,12 +1,11 @@
 import { readFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Ajv, type ErrorObject } from 'ajv';
 import { Ajv2019 } from 'ajv/dist/2019.js';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import { Document, isMap, isScalar, isSeq, parseDocument, Scalar, type YAMLError } from 'yaml';
 import { z } from 'zod';
 import { CodedError } from '../util/errors.ts';
+import { readShipped, shippedName } from '../util/package-files.ts';
 
 export type RenderErrorCode = 'BAD_TEMPLATE' | 'BAD_VALUES' | 'BAD_SCHEMA' | 'RENDER_FAILED';
 export class RenderError extends CodedError<RenderErrorCode> {}
@@ -29,8 +28,8 @@ export const overlaySchema = z
   .refine((o) => Object.keys(o.set).every((k) => !(k in o.optional)), 'a key path is in both set and optional');
 export type Overlay = z.infer<typeof overlaySchema>;
 
-const TEMPLATES = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'templates');
-export const DEFAULT_VALUES_OVERLAY = join(TEMPLATES, 'values-overlay.yaml');
+/** Shipped with the tool, relative to the package root. */
+export const DEFAULT_VALUES_OVERLAY = 'templates/values-overlay.yaml';
 
 /**
  * A template with its facts filled in. A value that is exactly one placeholder takes the fact's own
@@ -64,10 +63,12 @@ export function parseTemplate<T>(schema: z.ZodType<T>, text: string, name: strin
   return parsed.data;
 }
 
-export async function loadTemplate<T>(schema: z.ZodType<T>, file: string): Promise<T> {
+/** Reads and validates a template: `path`, or the one shipped with the tool as `shipped`. */
+export async function loadTemplate<T>(schema: z.ZodType<T>, path: string | undefined, shipped: string): Promise<T> {
+  const file = path ?? shippedName(shipped);
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
+    text = path ? await readFile(path, 'utf8') : (await readShipped(shipped)).toString('utf8');
   } catch (err) {
     throw new RenderError('BAD_TEMPLATE', `cannot read the template ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
   }
@@ -75,7 +76,7 @@ export async function loadTemplate<T>(schema: z.ZodType<T>, file: string): Promi
 }
 
 export const parseOverlay = (text: string, name = 'values overlay'): Overlay => parseTemplate(overlaySchema, text, name);
-export const loadOverlay = (file = DEFAULT_VALUES_OVERLAY): Promise<Overlay> => loadTemplate(overlaySchema, file);
+export const loadOverlay = (file?: string): Promise<Overlay> => loadTemplate(overlaySchema, file, DEFAULT_VALUES_OVERLAY);
 
 export interface ValuesInput {
   /** The chart's own values.yaml, as text. */

@@ -119,7 +119,7 @@ const cases: Case[] = [
       m.entries.push({ path: 'etc/passwd', size: 1, sha256: sha256('x') });
       raw.push({ name: 'etc/passwd', body: Buffer.from('x') });
     }, 'etc-passwd'),
-    reason: () => /^bundle\.json lists "etc\/passwd", outside the names a bundle may hold \(SHA256SUMS, release\/, images\/, artifacts\/\)$/,
+    reason: () => /^bundle\.json lists "etc\/passwd", outside the names a bundle may hold \(SHA256SUMS, tool\/, release\/, images\/, artifacts\/\)$/,
   },
   {
     name: 'bundle.json (re-signed) declares an entry larger than the file',

@@ -261,7 +261,7 @@ describe('openBundle: hostile and damaged tars', () => {
       m.entries.push({ path: 'etc/cron.d/x', size: 1, sha256: sha256(Buffer.from('x')) });
       raw.push({ name: 'etc/cron.d/x', body: Buffer.from('x') });
     });
-    expect(await openError(outside)).toBe('bundle.json lists "etc/cron.d/x", outside the names a bundle may hold (SHA256SUMS, release/, images/, artifacts/)');
+    expect(await openError(outside)).toBe('bundle.json lists "etc/cron.d/x", outside the names a bundle may hold (SHA256SUMS, tool/, release/, images/, artifacts/)');
     const bigger = await withManifest((m) => (m.entries.find((e) => e.path === ART)!.size = 2 ** 40));
     expect(await openError(bigger)).toBe(`${ART} is 4096 bytes in the tar, but bundle.json says ${2 ** 40}`);
     const newer = await withManifest((m) => ((m as { formatVersion: number }).formatVersion = 2));

@@ -111,9 +111,8 @@ describe('writeBundle', () => {
     const parsed: BundleManifest = bundleManifestSchema.parse(JSON.parse(json));
     expect(json).toBe(`${JSON.stringify(res.manifest, null, 2)}\n`);
     expect(parsed).toEqual(res.manifest);
-    // Every key of the schema in its order, but the optional ones a full bundle leaves out (base).
-    const shape = bundleManifestSchema.shape;
-    expect(Object.keys(JSON.parse(json) as object)).toEqual(Object.keys(shape).filter((k) => !shape[k as keyof typeof shape].safeParse(undefined).success));
+    // Schema order; optional keys this bundle lacks are left out.
+    expect(Object.keys(JSON.parse(json) as object)).toEqual(Object.keys(bundleManifestSchema.shape).filter((k) => (res.manifest as Record<string, unknown>)[k] !== undefined));
     expect(parsed.signer).toEqual({ algorithm: 'ecdsa-p256-sha256', fingerprint: pair.fingerprint });
     expect(parsed.entries[0]).toEqual({ path: 'SHA256SUMS', size: sums.length, sha256: await sha256sum(join(x, 'SHA256SUMS')) });
     expect(parsed.entries.slice(1)).toEqual(fx.entries.map(({ path, size, sha256 }) => ({ path, size, sha256 })));
@@ -234,6 +233,7 @@ describe('writeBundle', () => {
     ['a reserved name', (es: EntrySource[]) => [...es, { ...es[1]!, path: 'SHA256SUMS' }], /clash with the bundle's own SHA256SUMS/],
     ['a file that is also a directory', (es: EntrySource[]) => [...es, { ...es[1]!, path: 'release/VERSION/x' }], /release\/VERSION is a file, but release\/VERSION\/x needs it/],
     ['an artifact missing from the entries', (es: EntrySource[]) => es.filter((e) => !e.path.endsWith('.sql')), /bundle.json names artifacts\/cartesia-acme\/migrations\/0001_init.sql .* do not include it/],
+    ['a mode other than 644 or 755', (es: EntrySource[]) => [...es.slice(0, 1), { ...es[1]!, mode: 0o4755 }, ...es.slice(2)], /release\/VERSION: mode 4755 is neither 644 nor 755/],
   ] as const)('refuses %s up front, opening nothing and creating nothing', async (_what, mutate, message) => {
     const fx = await fixture();
     let opened = 0;
@@ -242,5 +242,22 @@ describe('writeBundle', () => {
     expect(err.message).toMatch(message);
     expect(opened).toBe(0);
     expect((await readdir(fx.dir)).filter((f) => f.startsWith('out.tar'))).toEqual([]);
+  });
+
+  it('stores an executable entry as 755 and refuses an installer record that disagrees with its entry', async () => {
+    const fx = await fixture();
+    const exe = randomBytes(1000);
+    await writeFile(join(fx.dir, 'exe'), exe);
+    const tool: EntrySource = { ...fileEntry('tool/cartesia-airgap', join(fx.dir, 'exe'), exe.length, sha256(exe)), mode: 0o755 };
+    const installer = { path: tool.path, size: exe.length, sha256: tool.sha256, version: '0.1.0', node: 'v24.21.0', platform: 'linux-x64', formatVersion: 1 };
+    const output = join(fx.dir, 'with-tool.tar');
+    const res = await writeBundle({ output, manifest: { ...fx.manifest, installer }, entries: [tool, ...fx.entries], mtime: MTIME });
+    expect(res.manifest.installer).toEqual(installer);
+    const rows = await tarList(output);
+    expect(rows.find((r) => r[5] === 'tool/cartesia-airgap')?.[0]).toBe('-rwxr-xr-x');
+    expect(rows.filter((r) => r[5] !== 'tool/cartesia-airgap').every((r) => r[0] === '-rw-r--r--')).toBe(true);
+
+    const err = await rejection(writeBundle({ output: join(fx.dir, 'bad.tar'), manifest: { ...fx.manifest, installer: { ...installer, sha256: 'e'.repeat(64) } }, entries: [tool, ...fx.entries], mtime: MTIME }));
+    expect(err.message).toMatch(/^bundle.json names tool\/cartesia-airgap \(1000 bytes, sha256 e{64}\) but the entries disagree$/);
   });
 });

@@ -1,0 +1,156 @@
+// npm run build:exe — the installer that crosses the gap: build/cartesia-airgap, one linux-x64
+// executable that runs where there is no Node.js and no node_modules.
+//
+// The built CLI (dist/, every command oclif.manifest.json lists plus those of the oclif plugins)
+// is bundled into one CommonJS file with rolldown, made into a Node single-executable blob with the
+// shipped data files (package.json, bundles/, templates/) as assets, and put into a copy of the
+// pinned runtime (node_modules/node, the `node` devDependency) as an ELF note, with a second note
+// saying what the executable is. Nothing is downloaded. Same inputs, same bytes.
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { copyFile, mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { join, relative } from 'node:path';
+import { rolldown } from 'rolldown';
+import { READABLE_FORMAT_VERSION } from '../src/bundle/manifest.ts';
+import { BUILD_INFO_NOTE, SEA_BLOB_NOTE, type BuildInfo } from '../src/exe/build-info.ts';
+import { appendNoteSegment } from '../src/exe/elf.ts';
+import { SHIPPED_DIRS } from '../src/util/package-files.ts';
+
+const ROOT = join(import.meta.dirname, '..');
+const OUT_DIR = join(ROOT, 'build');
+const EXE = join(OUT_DIR, 'cartesia-airgap');
+const RUNTIME = join(ROOT, 'node_modules', 'node', 'bin', 'node');
+/** Node's fuse: the runtime looks for its blob only when this reads `:1`. */
+const SEA_FUSE = 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2:';
+
+const started = Date.now();
+const step = (what: string): void => console.log(`${((Date.now() - started) / 1000).toFixed(1).padStart(5)} s  ${what}`);
+const fail = (message: string): never => {
+  console.error(`Error: ${message}`);
+  process.exit(1);
+};
+
+interface Manifest {
+  commands: Record<string, { relativePath?: string[] }>;
+}
+
+interface Commands {
+  manifest: Manifest['commands'];
+  /** id → the module file. */
+  files: Record<string, string>;
+}
+
+/** Every command: the package's own and each oclif plugin's, from their oclif.manifest.json. */
+async function commands(pkg: { oclif?: { plugins?: string[] } }): Promise<Commands> {
+  const roots = [ROOT, ...(pkg.oclif?.plugins ?? []).map((p) => join(ROOT, 'node_modules', p))];
+  const out: Commands = { manifest: {}, files: {} };
+  for (const root of roots) {
+    const manifest = JSON.parse(await readFile(join(root, 'oclif.manifest.json'), 'utf8').catch(() => fail(`${relative(ROOT, root) || '.'} has no oclif.manifest.json; run \`npm run build\` first`))) as Manifest;
+    for (const [id, c] of Object.entries(manifest.commands)) {
+      if (!c.relativePath) fail(`oclif.manifest.json in ${root} gives no path for ${id}; regenerate it with \`npm run build\``);
+      if (out.files[id]) fail(`two plugins define the command ${id}`);
+      const file = join(root, ...c.relativePath!);
+      await stat(file).catch(() => fail(`${relative(ROOT, file)} (command ${id}) is missing; run \`npm run build\``));
+      out.manifest[id] = c;
+      out.files[id] = file;
+    }
+  }
+  return out;
+}
+
+/**
+ * The generated entry (CommonJS, so each command's module is required, and evaluated, only when
+ * that command runs): the manifest and a loader per command, handed to src/exe/embedded.ts.
+ */
+function entrySource(c: Commands): string {
+  const ids = Object.keys(c.files).sort();
+  return [
+    `'use strict';`,
+    `const { runEmbedded } = require(${JSON.stringify(join(ROOT, 'dist', 'exe', 'embedded.js'))});`,
+    `runEmbedded({`,
+    `  manifest: ${JSON.stringify(c.manifest)},`,
+    `  modules: {`,
+    ...ids.map((id) => `    ${JSON.stringify(id)}: () => require(${JSON.stringify(c.files[id])}),`),
+    `  },`,
+    `});`,
+    '',
+  ].join('\n');
+}
+
+async function listFiles(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await readdir(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) out.push(...(await listFiles(p)));
+    else if (e.isFile()) out.push(p);
+  }
+  return out.sort();
+}
+
+/** Sets the fuse in place; exactly one must be in the runtime. */
+async function burnFuse(file: string): Promise<void> {
+  const bytes = await readFile(file);
+  const fuse = Buffer.from(`${SEA_FUSE}0`);
+  const at = bytes.indexOf(fuse);
+  if (at < 0 || bytes.indexOf(fuse, at + 1) >= 0) fail(`${RUNTIME} does not hold exactly one ${SEA_FUSE}0; it cannot become a single executable`);
+  const fh = await open(file, 'r+');
+  await fh.write(Buffer.from('1'), 0, 1, at + fuse.length - 1);
+  await fh.close();
+}
+
+async function main(): Promise<void> {
+  if (process.platform !== 'linux' || process.arch !== 'x64') fail(`build:exe makes a linux-x64 executable from the linux-x64 runtime in node_modules/node; this is ${process.platform}-${process.arch}`);
+  const pkg = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8')) as { name: string; version: string; oclif?: { plugins?: string[] } };
+  const runtimeVersion = execFileSync(RUNTIME, ['--version'], { encoding: 'utf8' }).trim();
+  await mkdir(OUT_DIR, { recursive: true });
+
+  const found = await commands(pkg);
+  const entry = join(OUT_DIR, 'exe-entry.cjs');
+  await writeFile(entry, entrySource(found));
+  step(`${Object.keys(found.files).length} commands: ${Object.keys(found.files).sort().join(', ')}`);
+
+  const script = join(OUT_DIR, 'cartesia-airgap.cjs');
+  const warnings: string[] = [];
+  const bundle = await rolldown({
+    input: entry,
+    platform: 'node',
+    // oclif's ts-node support asks for typescript inside a try; the executable runs compiled code.
+    external: ['typescript'],
+    onLog: (level, log) => {
+      if (level === 'warn') warnings.push(log.message);
+    },
+  });
+  await bundle.write({ file: script, format: 'cjs', codeSplitting: false, minify: true, keepNames: true });
+  await bundle.close();
+  for (const w of warnings) console.warn(`  rolldown: ${w.split('\n')[0]}`);
+  step(`bundled into ${relative(ROOT, script)} (${((await stat(script)).size / 2 ** 20).toFixed(1)} MiB)`);
+
+  const assets: Record<string, string> = { 'package.json': join(ROOT, 'package.json') };
+  for (const dir of SHIPPED_DIRS) for (const f of await listFiles(join(ROOT, dir))) assets[relative(ROOT, f)] = f;
+  const blob = join(OUT_DIR, 'sea.blob');
+  const seaConfig = join(OUT_DIR, 'sea-config.json');
+  await writeFile(seaConfig, `${JSON.stringify({ main: script, output: blob, disableExperimentalSEAWarning: true, useSnapshot: false, useCodeCache: false, assets }, null, 2)}\n`);
+  execFileSync(RUNTIME, ['--experimental-sea-config', seaConfig], { stdio: ['ignore', 'ignore', 'inherit'] });
+  step(`single-executable blob with ${Object.keys(assets).length} assets (${((await stat(blob)).size / 2 ** 20).toFixed(1)} MiB)`);
+
+  const info: BuildInfo = { name: 'cartesia-airgap', version: pkg.version, node: runtimeVersion, platform: 'linux-x64', formatVersion: READABLE_FORMAT_VERSION };
+  const partial = `${EXE}.partial`;
+  await rm(partial, { force: true });
+  await copyFile(RUNTIME, partial);
+  await appendNoteSegment(partial, [
+    { name: SEA_BLOB_NOTE, type: 0, desc: await readFile(blob) },
+    { name: BUILD_INFO_NOTE.name, type: BUILD_INFO_NOTE.type, desc: Buffer.from(JSON.stringify(info)) },
+  ]);
+  await burnFuse(partial);
+
+  // It must answer as the tool does, with nothing from this machine's Node or node_modules.
+  const want = `${pkg.name}/${pkg.version} linux-x64 node-${runtimeVersion} bundle-format-${READABLE_FORMAT_VERSION}`;
+  const got = execFileSync(partial, ['--version'], { encoding: 'utf8', env: {}, cwd: '/' }).trim();
+  if (got !== want) fail(`the new executable answers --version with ${JSON.stringify(got)}, not ${JSON.stringify(want)}`);
+  await rename(partial, EXE);
+  const bytes = await readFile(EXE);
+  step(`${relative(ROOT, EXE)}: ${bytes.length} bytes (${(bytes.length / 2 ** 20).toFixed(1)} MiB), sha256 ${createHash('sha256').update(bytes).digest('hex')}`);
+  console.log(`        ${got}`);
+}
+
+await main();
