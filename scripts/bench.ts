@@ -114,6 +114,7 @@ async function main(b: Testbed): Promise<void> {
   for (let i = 1; i <= runs; i++) {
     bundleOurs.push(await sample(b, `bundle #${i} (cartesia-airgap)`, [() => timed(work, 'bundle', node, bundleArgs(i))]));
     const peerDir = join(work, `peer-bundle-${i}`);
+    await mkdir(join(peerDir, 'images'), { recursive: true });
     bundlePeer.push(
       await sample(b, `bundle #${i} (skopeo + @google-cloud/storage)`, [
         ...fx.images.map((img) => () => timed(work, `skopeo copy ${img.repository}`, 'skopeo', ['copy', '--all', '--quiet', '--src-cert-dir', b.certDir, '--src-authfile', sourceAuth, `docker://${b.source.host}/${img.repository}:${img.tag}`, `oci:${join(peerDir, 'images')}:${img.repository.split('/').at(-1)}:${img.tag}`])),

@@ -16,6 +16,7 @@ import type { BundleArtifact, BundleManifest } from './manifest.ts';
 import { checkSpace } from './plan.ts';
 import { selectImages, type LoadedRecipe } from './recipe.ts';
 import { resolveRelease, type ResolvedRelease } from './release.ts';
+import { openBundle } from './reader.ts';
 import { fileEntry, writeBundle, type EntrySource, type WriteBundleResult } from './writer.ts';
 
 export interface BundleOptions {
@@ -154,7 +155,7 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
       task: async (ctx, task) => {
         let show: ((done: number) => void) | undefined;
         ctx.result = await writeOut(o, ctx, (done, total) => (show ??= meter(task, total))(done));
-        task.title = `Wrote ${o.output} (${mib(ctx.result.size)}, sha256 ${ctx.result.sha256})`;
+        task.title = ctx.result.upToDate ? `${o.output} is already this bundle (${mib(ctx.result.size)}); nothing written` : `Wrote ${o.output} (${mib(ctx.result.size)}, sha256 ${ctx.result.sha256})`;
       },
     },
   ];
@@ -224,8 +225,13 @@ export function toolVersion(): string {
   return pkg.version;
 }
 
+/**
+ * Fails fast when the output name is taken by something other than a bundle. An existing bundle is
+ * compared once this run knows its bundle.json: identical means up to date, else it is refused.
+ */
 export async function refuseExisting(output: string): Promise<void> {
-  if (await stat(output).then(() => true, () => false)) {
-    throw new OciError('BUSY', `${output} already exists; choose another --output or move the old bundle away`);
+  if (!(await stat(output).then(() => true, () => false))) return;
+  if (await openBundle(output).then(() => false, () => true)) {
+    throw new OciError('BUSY', `${output} already exists and is not a bundle; choose another --output or move it away`);
   }
 }

@@ -8,13 +8,14 @@
  */
 import { createHash, type KeyObject } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { open, rename, rm, type FileHandle } from 'node:fs/promises';
+import { open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pack as tarPack, type Header as TarHeader, type Pack } from 'tar-stream';
 import { OciError, isOciError } from '../oci/errors.ts';
 import { keyFingerprint } from './keys.ts';
 import { bundleManifestSchema, entrySchema, MANIFEST_PATH, SIGNATURE_PATH, SUMS_PATH, type BundleEntry, type BundleManifest } from './manifest.ts';
+import { openBundle } from './reader.ts';
 import { signManifest } from './sign.ts';
 import { sha256sumsText } from './sums.ts';
 
@@ -42,8 +43,11 @@ export interface WriteBundleOptions {
 export interface WriteBundleResult {
   path: string;
   size: number;
-  sha256: string;
+  /** Of the whole tar; null when an identical bundle was already there (it is not read again). */
+  sha256: string | null;
   manifest: BundleManifest;
+  /** True when the output already held exactly this bundle, so nothing was written. */
+  upToDate: boolean;
 }
 
 /** Read size for entry files: big enough that per-chunk overhead vanishes on multi-GiB layers. */
@@ -126,6 +130,8 @@ export async function writeBundle(opts: WriteBundleOptions): Promise<WriteBundle
   const manifest = buildManifest(opts, [sumsEntry, ...data]);
   const json = Buffer.from(`${JSON.stringify(manifest, null, 2)}\n`);
   const sig = opts.signingKey ? Buffer.from(signManifest(json, opts.signingKey)) : undefined;
+  const existing = await existingBundle(opts.output, json, sig);
+  if (existing) return { path: opts.output, size: existing, sha256: null, manifest, upToDate: true };
 
   const header = (name: string, size: number): Partial<TarHeader> & { name: string } => ({ name, size, mode: 0o644, uid: 0, gid: 0, uname: '', gname: '', mtime: opts.mtime, type: 'file' });
   const partial = `${opts.output}.partial`;
@@ -190,7 +196,22 @@ export async function writeBundle(opts: WriteBundleOptions): Promise<WriteBundle
     throw err;
   }
   await syncDir(dirname(opts.output));
-  return { path: opts.output, size: tarSize, sha256: tarHash.digest('hex'), manifest };
+  return { path: opts.output, size: tarSize, sha256: tarHash.digest('hex'), manifest, upToDate: false };
+}
+
+/**
+ * A re-run onto its own earlier output: when the file there carries the same bundle.json and
+ * signature (which list every entry's size and sha256), it is the same bundle, because a bundle
+ * appears under its final name only once complete. Returns its size; throws when it differs.
+ * Its bytes are not hashed again: that is `verify`'s job, and re-reading would cost as much as
+ * writing.
+ */
+async function existingBundle(output: string, json: Buffer, sig: Buffer | undefined): Promise<number | undefined> {
+  if (!(await stat(output).then(() => true, () => false))) return undefined;
+  const old = await openBundle(output).catch(() => undefined);
+  const same = old && old.manifestBytes.equals(json) && old.signature === sig?.toString('latin1');
+  if (!same) throw new OciError('BUSY', `${output} already exists and holds a different bundle; choose another --output or move the old one away`);
+  return old.index.fileSize;
 }
 
 /** Streams one entry into its tar sink, hashing and counting; refuses bytes that differ from what was declared. */
