@@ -4,8 +4,8 @@ import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import pLimit from 'p-limit';
 import { writeFileAtomic } from '../util/atomic.ts';
+import { mapBounded } from '../util/bounded.ts';
 import { hashFile, MultiHasher, type ObjectHashes } from './hashes.ts';
 import { CodedError } from '../util/errors.ts';
 import type { CachedObject, ObjectInfo, ObjectSource } from './types.ts';
@@ -202,23 +202,10 @@ export interface SyncOptions extends FetchOptions {
 export async function syncPrefix(source: ObjectSource, bucket: string, prefixes: string[], cacheDir: string, opts: SyncOptions = {}): Promise<CachedObject[]> {
   const found = new Map<string, ObjectInfo>();
   for (const prefix of prefixes) for await (const o of source.list(bucket, prefix)) found.set(o.key, o);
-  const limit = pLimit(Math.max(1, opts.concurrency ?? 8));
-  let firstError: unknown;
-  const settled = await Promise.allSettled(
-    [...found.values()].map((info) =>
-      limit(async () => {
-        if (firstError !== undefined) return undefined; // one failure stops new downloads
-        try {
-          const o = await fetchObject(source, info, cacheDir, opts);
-          opts.onObject?.(o);
-          return o;
-        } catch (err) {
-          firstError ??= err;
-          throw err;
-        }
-      }),
-    ),
-  );
-  if (firstError !== undefined) throw firstError;
-  return settled.flatMap((r) => (r.status === 'fulfilled' && r.value ? [r.value] : [])).sort(byKey);
+  const cached = await mapBounded([...found.values()], opts.concurrency ?? 8, async (info) => {
+    const o = await fetchObject(source, info, cacheDir, opts);
+    opts.onObject?.(o);
+    return o;
+  });
+  return cached.sort(byKey);
 }
