@@ -11,7 +11,7 @@ import { readFile, writeFile, mkdir } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { RELEASE_BUCKET, seedRelease, TINY, type FixtureOptions, type FixtureRecord } from '../test/fixtures/release.ts';
+import { RELEASE_BUCKET, seedRelease, sizedFixture, type FixtureRecord } from '../test/fixtures/release.ts';
 import { run } from '../test/testbed/run.ts';
 import { skopeoAuthFile } from '../test/testbed/skopeo-auth.ts';
 import { startTestbed, type Testbed } from '../test/testbed/testbed.ts';
@@ -28,16 +28,6 @@ const cli = join(import.meta.dirname, '..', 'bin', 'run.js');
 const peers = join(import.meta.dirname, 'bench', 'peers.ts');
 const node = process.execPath; // the pinned Node 24 npm put on PATH
 const log = (s: string) => console.error(`bench: ${s}`);
-
-/** About `size` bytes in all: 60 % image layers (two platforms), 40 % LoRA files, plus small migrations. */
-function sized(total: number): FixtureOptions {
-  const f = (x: number) => Math.max(4096, Math.round(total * x));
-  return {
-    ...TINY,
-    images: { base: f(0.12), runtime: f(0.1), app: f(0.01), nats: f(0.02) },
-    artifacts: { migrations: 400, loras: 4, loraBytes: f(0.1) },
-  };
-}
 
 /** CPU seconds the bed's server processes used so far (utime + stime from /proc). */
 async function serverCpu(bed: Testbed): Promise<number> {
@@ -96,7 +86,7 @@ async function main(b: Testbed): Promise<void> {
   await mkdir(work, { recursive: true });
   log(`seeding a synthetic release of about ${(size / 2 ** 30).toFixed(2)} GiB`);
   const seedStart = Date.now();
-  const fx: FixtureRecord = await seedRelease(b, join(work, 'fixture'), sized(size));
+  const fx: FixtureRecord = await seedRelease(b, join(work, 'fixture'), sizedFixture(size));
   log(`seeded in ${((Date.now() - seedStart) / 1000).toFixed(1)} s`);
   const customerBucket = `cartesia-${fx.customer}`;
   const sourceAuth = await skopeoAuthFile(work, b.source.host, '_json_key', (await readFile(b.saKeyFile, 'utf8')).trim());

@@ -87,6 +87,11 @@ describe('bundle: the synthetic release, checked by independent tools', () => {
     expect(again.summary).toMatchObject({ upToDate: true, sha256: null, size: first.size, transferred: { images: 0, artifacts: 0 } });
     const after = await stat(out1);
     expect([after.ino, after.mtimeMs]).toEqual([before.ino, before.mtimeMs]);
+    // Without --json the phases go to stderr; stdout carries only the result line.
+    const plain = await bundle(out1, args.filter((a) => a !== '--json'));
+    expect(plain.r.code, plain.r.stderr).toBe(0);
+    expect(plain.r.stdout).toBe(`${out1}  already up to date (same bundle.json and signature; \`verify\` re-checks every byte)  ${first.size} bytes\n`);
+    expect(plain.r.stderr).toContain('Fetch the customer artifacts');
 
     const other = await bundle(out1, ['--models', 'sonic-3', ...args]);
     expect(other.r.code).toBe(1);
