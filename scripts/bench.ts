@@ -9,7 +9,7 @@
 // command fails. The bed's servers run on the same cores; their CPU time is reported beside ours.
 import { readFile, writeFile, mkdir } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { RELEASE_BUCKET, seedRelease, sizedFixture, type FixtureRecord } from '../test/fixtures/release.ts';
 import { run } from '../test/testbed/run.ts';
@@ -26,7 +26,10 @@ const runs = Number(values.runs);
 if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs ${values.runs}: expected a whole number ≥ 1`);
 const cli = join(import.meta.dirname, '..', 'bin', 'run.js');
 const peers = join(import.meta.dirname, 'bench', 'peers.ts');
-const node = process.execPath; // the pinned Node 24 npm put on PATH
+// Our CLI runs as users run it: bin/run.js through its shebang (which sets its V8 flags), on the
+// pinned Node 24 that npm put first on PATH. The peers' Node scripts run on the same runtime.
+const node = process.execPath;
+process.env.PATH = `${dirname(node)}:${process.env.PATH ?? ''}`;
 const log = (s: string) => console.error(`bench: ${s}`);
 
 /** CPU seconds the bed's server processes used so far (utime + stime from /proc). */
@@ -95,14 +98,14 @@ async function main(b: Testbed): Promise<void> {
   const keys = join(work, 'keys');
   await run(node, [cli, 'keys', 'generate', '--out', keys]);
 
-  const bundleArgs = (i: number) => [cli, 'bundle', '--output', join(work, `bundle-${i}.tar`), '--customer', fx.customer, '--signing-key', join(keys, 'bundle.key'), '--key-file', b.saKeyFile, '--gcs-endpoint', b.gcs.endpoint, '--source-registry', `${b.source.host}/${b.source.prefix}`, '--source-ca-file', b.caFile, '--cache-dir', join(work, `cache-${i}`), '--json'];
-  const installArgs = (i: number, bundle: string) => [cli, 'install', bundle, '--public-key', join(keys, 'bundle.pub'), '--registry', `${b.private.host}/ours-${i}`, '--registry-username', b.private.username, '--registry-ca-file', b.caFile, '--s3-endpoint', b.s3.endpoint, '--s3-bucket', `ours-${i}`, '--values-out', join(work, `values-${i}.yaml`), '--json'];
+  const bundleArgs = (i: number) => ['bundle', '--output', join(work, `bundle-${i}.tar`), '--customer', fx.customer, '--signing-key', join(keys, 'bundle.key'), '--key-file', b.saKeyFile, '--gcs-endpoint', b.gcs.endpoint, '--source-registry', `${b.source.host}/${b.source.prefix}`, '--source-ca-file', b.caFile, '--cache-dir', join(work, `cache-${i}`), '--json'];
+  const installArgs = (i: number, bundle: string) => ['install', bundle, '--public-key', join(keys, 'bundle.pub'), '--registry', `${b.private.host}/ours-${i}`, '--registry-username', b.private.username, '--registry-ca-file', b.caFile, '--s3-endpoint', b.s3.endpoint, '--s3-bucket', `ours-${i}`, '--values-out', join(work, `values-${i}.yaml`), '--json'];
   const installEnv = { ...s3Env, CARTESIA_AIRGAP_REGISTRY_PASSWORD: b.private.password };
 
   const bundleOurs: Sample[] = [];
   const bundlePeer: Sample[] = [];
   for (let i = 1; i <= runs; i++) {
-    bundleOurs.push(await sample(b, `bundle #${i} (cartesia-airgap)`, [() => timed(work, 'bundle', node, bundleArgs(i))]));
+    bundleOurs.push(await sample(b, `bundle #${i} (cartesia-airgap)`, [() => timed(work, 'bundle', cli, bundleArgs(i))]));
     const peerDir = join(work, `peer-bundle-${i}`);
     await mkdir(join(peerDir, 'images'), { recursive: true });
     bundlePeer.push(
@@ -113,7 +116,7 @@ async function main(b: Testbed): Promise<void> {
     );
   }
   const bundleFile = join(work, 'bundle-1.tar');
-  const bundleNoop = await sample(b, 'bundle again, same output and cache (no-op)', [() => timed(work, 'bundle no-op', node, bundleArgs(1))]);
+  const bundleNoop = await sample(b, 'bundle again, same output and cache (no-op)', [() => timed(work, 'bundle no-op', cli, bundleArgs(1))]);
   const bundleSize = (JSON.parse((await run(node, [cli, 'inspect', bundleFile, '--json'])).trim()) as { size?: number }).size ?? 0;
 
   // The peer reads an extracted layout (skopeo cannot read one inside a tar); extraction is not counted.
@@ -126,7 +129,7 @@ async function main(b: Testbed): Promise<void> {
   const installOurs: Sample[] = [];
   const installPeer: Sample[] = [];
   for (let i = 1; i <= runs; i++) {
-    installOurs.push(await sample(b, `install #${i} (cartesia-airgap)`, [() => timed(work, 'install', node, installArgs(i, bundleFile), { env: installEnv })]));
+    installOurs.push(await sample(b, `install #${i} (cartesia-airgap)`, [() => timed(work, 'install', cli, installArgs(i, bundleFile), { env: installEnv })]));
     installPeer.push(
       await sample(b, `install #${i} (skopeo + @aws-sdk/lib-storage)`, [
         ...refs.map((ref) => () => timed(work, `skopeo copy ${ref}`, 'skopeo', ['copy', '--all', '--quiet', '--dest-cert-dir', b.certDir, '--dest-authfile', privateAuth, `oci:${join(extracted, 'images')}:${ref}`, `docker://${b.private.host}/peer-${i}/${ref}`])),
@@ -134,12 +137,12 @@ async function main(b: Testbed): Promise<void> {
       ]),
     );
   }
-  const installNoop = await sample(b, 'install again into the same target (no-op)', [() => timed(work, 'install no-op', node, installArgs(1, bundleFile), { env: installEnv })]);
+  const installNoop = await sample(b, 'install again into the same target (no-op)', [() => timed(work, 'install no-op', cli, installArgs(1, bundleFile), { env: installEnv })]);
 
   const verifyOurs: Sample[] = [];
   const verifySha: Sample[] = [];
   for (let i = 1; i <= runs; i++) {
-    verifyOurs.push(await sample(b, `verify #${i} (cartesia-airgap)`, [() => timed(work, 'verify', node, [cli, 'verify', bundleFile, '--public-key', join(keys, 'bundle.pub')])]));
+    verifyOurs.push(await sample(b, `verify #${i} (cartesia-airgap)`, [() => timed(work, 'verify', cli, ['verify', bundleFile, '--public-key', join(keys, 'bundle.pub')])]));
     verifySha.push(await sample(b, `verify #${i} (sha256sum)`, [() => timed(work, 'sha256sum', 'sha256sum', [bundleFile])]));
   }
 
