@@ -55,10 +55,16 @@ const dirs = (cacheDir: string) => ({
 const ledgerPath = (cacheDir: string, o: { bucket: string; key: string }) =>
   join(dirs(cacheDir).ledgers, `${createHash('sha256').update(`${o.bucket}/${o.key}`).digest('hex')}.json`);
 
+/**
+ * GCS gives every object a CRC32C (and most an MD5 too); one store checksum is enough to catch a
+ * damaged transfer, and sha256 is computed regardless. MD5 only when there is no CRC32C.
+ */
+const needsMd5 = (info: ObjectInfo) => info.crc32c === undefined && info.md5 !== undefined;
+
 /** The first way `h` differs from what the store says of `info`, or undefined. */
 function mismatch(info: ObjectInfo, h: ObjectHashes): string | undefined {
   if (h.size !== info.size) return `size is ${h.size} bytes where the store says ${info.size}`;
-  if (info.md5 !== undefined && h.md5 !== info.md5) return `md5 is ${h.md5} where the store says ${info.md5}`;
+  if (info.md5 !== undefined && h.md5 !== undefined && h.md5 !== info.md5) return `md5 is ${h.md5} where the store says ${info.md5}`;
   if (info.crc32c !== undefined && h.crc32c !== info.crc32c) return `crc32c is ${h.crc32c} where the store says ${info.crc32c}`;
   return undefined;
 }
@@ -90,7 +96,7 @@ async function reuse(info: ObjectInfo, cacheDir: string, rehash: boolean): Promi
   const st = await stat(path).catch(() => undefined);
   let damaged = !st?.isFile() || st.size !== info.size;
   if (!damaged && rehash) {
-    const h = await hashFile(path);
+    const h = await hashFile(path, { md5: needsMd5(info) });
     damaged = h.sha256 !== ledger.sha256 || mismatch(info, h) !== undefined;
   }
   if (damaged) {
@@ -112,7 +118,7 @@ async function download(source: ObjectSource, info: ObjectInfo, tmpDir: string, 
     throw err;
   }
   const tmp = join(tmpDir, `${randomBytes(8).toString('hex')}.partial`);
-  const hasher = await MultiHasher.create();
+  const hasher = await MultiHasher.create({ md5: needsMd5(info) });
   let seen = 0;
   const TOO_BIG = Symbol('too big');
   try {
