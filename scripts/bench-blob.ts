@@ -2,8 +2,7 @@
 // keeps peak RSS under 200 MB". Copies a one-layer image layout → registry → layout with our CLI and
 // with skopeo (for comparison), each under GNU time, and prints seconds, MB/s and peak RSS.
 // A benchmark to read, not a timed test: it fails only when a copy or the hash check fails.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { readFile, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { cpus, totalmem, platform, release } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -11,26 +10,17 @@ import { seededBytes } from '../test/fixtures/bytes.ts';
 import { LayoutWriter } from '../test/fixtures/oci-layout.ts';
 import { run } from '../test/testbed/run.ts';
 import { startTestbed, type Testbed } from '../test/testbed/testbed.ts';
+import { parseSize, runningChild, scriptArgs, timed } from './bench/measure.ts';
 
 const LAYER = 'application/vnd.oci.image.layer.v1.tar';
 const LIMIT_BYTES = 200e6; // the issue's "200 MB": decimal megabytes
 
-// The npm script passes a leading `--` so Node does not take our flags for its own.
-const argv = process.argv.slice(2);
 const { values } = parseArgs({
-  args: argv[0] === '--' ? argv.slice(1) : argv,
+  args: scriptArgs(),
   options: { size: { type: 'string', default: '2GiB' }, json: { type: 'string' } },
 });
 const size = parseSize(values.size);
 const cli = join(import.meta.dirname, '..', 'bin', 'run.js');
-
-function parseSize(text: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB)?$/i.exec(text.trim());
-  const units: Record<string, number> = { b: 1, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30, kb: 1e3, mb: 1e6, gb: 1e9 };
-  const n = m ? Math.round(Number(m[1]) * units[(m[2] ?? 'b').toLowerCase()]!) : NaN;
-  if (!Number.isSafeInteger(n) || n <= 0) throw new Error(`--size ${text}: expected e.g. 2GiB, 256MiB or a byte count`);
-  return n;
-}
 
 interface Measure {
   operation: string;
@@ -42,28 +32,9 @@ interface Measure {
   stdout: string;
 }
 
-let child: ChildProcess | undefined; // the running measurement, so a signal can end it too
-
-/**
- * Runs `cmd` under `/usr/bin/time -f '%e %M' -o FILE`: GNU time's own report goes to a file, not
- * mixed with the program's stderr (which for our CLI is NDJSON progress, kept only as a tail).
- * Async on purpose: the bed's token issuer lives in this process and must keep answering.
- */
 async function measure(bed: Testbed, operation: string, tool: Measure['tool'], cmd: string, args: string[]): Promise<Measure> {
-  const timeFile = join(bed.root, `time-${Date.now()}.txt`);
-  const proc = spawn('/usr/bin/time', ['-o', timeFile, '-f', '%e %M', cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  child = proc;
-  let stdout = '';
-  let stderrTail = '';
-  proc.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-  proc.stderr.on('data', (d: Buffer) => (stderrTail = (stderrTail + d.toString()).slice(-4000)));
-  const code = await new Promise<number | null>((res, rej) => proc.on('error', rej).on('close', (c) => res(c)));
-  child = undefined;
-  if (code !== 0) throw new Error(`${operation} (${tool}) exited ${code}:\n${stderrTail.trim()}`);
-  // GNU time writes "Command exited with non-zero status" lines first on failure; the figures are last.
-  const [secs, kib] = (await readFile(timeFile, 'utf8')).trim().split('\n').at(-1)!.split(' ').map(Number);
-  if (!Number.isFinite(secs) || !Number.isFinite(kib)) throw new Error(`could not read GNU time's output in ${timeFile}`);
-  return { operation, tool, seconds: secs!, mbPerSecond: size / 1e6 / Math.max(secs!, 0.01), maxRssKiB: kib!, maxRssMiB: kib! / 1024, stdout };
+  const t = await timed(bed.root, `${operation} (${tool})`, cmd, args);
+  return { operation, tool, seconds: t.seconds, mbPerSecond: size / 1e6 / Math.max(t.seconds, 0.01), maxRssKiB: t.maxRssKiB, maxRssMiB: t.maxRssKiB / 1024, stdout: t.stdout };
 }
 
 /** Our CLI's --json result must say the layer's bytes really moved (not skipped as already there). */
@@ -76,7 +47,7 @@ let bed: Testbed | undefined;
 let stopping: Promise<void> | undefined;
 // Stops the bed once, whoever asks first (normal end, error or signal); its root holds every temp dir.
 const cleanup = () => (stopping ??= (async () => {
-  child?.kill('SIGTERM');
+  runningChild()?.kill('SIGTERM');
   await bed?.stop();
 })());
 for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {

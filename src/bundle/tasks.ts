@@ -21,6 +21,7 @@ import { selectImages, type LoadedRecipe } from './recipe.ts';
 import { resolveRelease, type ResolvedRelease } from './release.ts';
 import { writeVolumes } from './volume-writer.ts';
 import { parseVolumeFile } from './volumes.ts';
+import { openBundle } from './reader.ts';
 import { fileEntry, writeBundle, type EntrySource, type WriteBundleResult } from './writer.ts';
 
 export interface BundleOptions {
@@ -153,51 +154,61 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
       },
     },
     {
-      title: 'Fetch the images',
-      task: async (ctx, task) => {
-        await mkdir(imagesDir, { recursive: true });
-        const cache = await LayoutDirectory.open(imagesDir);
-        const total = ctx.planned!.reduce((n, p) => n + p.graph.size, 0);
-        const show = meter(task, total);
-        let done = 0;
-        let fetched = 0;
-        try {
-          const results = await fetchImages(ctx.planned!, cache, {
-            concurrency: o.concurrency,
-            onEvent: (_name, e) => {
-              if (e.type === 'blob-done') {
-                fetched += e.bytesTransferred;
-                show((done += e.size));
-              }
+      // Both wait on the network more than on this process: fetched side by side they overlap.
+      title: 'Fetch the images and the customer artifacts',
+      task: (_ctx, parent) =>
+        parent.newListr(
+          [
+            {
+              title: 'Fetch the images',
+              task: async (ctx, task) => {
+                await mkdir(imagesDir, { recursive: true });
+                const cache = await LayoutDirectory.open(imagesDir);
+                const total = ctx.planned!.reduce((n, p) => n + p.graph.size, 0);
+                const show = meter(task, total);
+                let done = 0;
+                let fetched = 0;
+                try {
+                  const results = await fetchImages(ctx.planned!, cache, {
+                    concurrency: o.concurrency,
+                    onEvent: (_name, e) => {
+                      if (e.type === 'blob-done') {
+                        fetched += e.bytesTransferred;
+                        show((done += e.size));
+                      }
+                    },
+                  });
+                  ctx.imageBytesFetched = results.reduce((n, r) => n + r.bytesTransferred, 0);
+                } catch (err) {
+                  throw await explainNoSpace(err, { dir: imagesDir, doing: 'fetching the images into the cache', flag: '--cache-dir', needed: Math.max(0, (ctx.imageBytesMissing ?? 0) - fetched) });
+                } finally {
+                  await cache.close();
+                }
+                task.title = `Images ready (${mib(ctx.imageBytesFetched)} transferred, ${mib(Math.max(0, total - ctx.imageBytesFetched))} from the cache or shared)`;
+              },
             },
-          });
-          ctx.imageBytesFetched = results.reduce((n, r) => n + r.bytesTransferred, 0);
-        } catch (err) {
-          throw await explainNoSpace(err, { dir: imagesDir, doing: 'fetching the images into the cache', flag: '--cache-dir', needed: Math.max(0, (ctx.imageBytesMissing ?? 0) - fetched) });
-        } finally {
-          await cache.close();
-        }
-        task.title = `Images ready (${mib(ctx.imageBytesFetched)} transferred, ${mib(Math.max(0, total - ctx.imageBytesFetched))} from the cache or shared)`;
-      },
-    },
-    {
-      title: 'Fetch the customer artifacts',
-      skip: () => !o.customer && 'no --customer or --customer-bucket given',
-      task: async (ctx, task) => {
-        const total = ctx.objects!.reduce((n, x) => n + x.size, 0);
-        const show = meter(task, total);
-        let done = 0;
-        ctx.cached = await syncPrefix(o.gcs, o.customer!.bucket, recipe.customer.prefixes, o.cacheDir, {
-          concurrency: o.concurrency,
-          onObject: (c) => {
-            if (c.fetched) ctx.objectBytesFetched += c.size;
-            show((done += c.size));
-          },
-        }).catch(async (err: unknown) => {
-          throw await explainNoSpace(err, { dir: o.cacheDir, doing: 'fetching the customer artifacts into the cache', flag: '--cache-dir', needed: Math.max(0, total - done) });
-        });
-        task.title = `${ctx.cached.length} artifacts fetched and verified (${mib(ctx.objectBytesFetched)} transferred)`;
-      },
+            {
+              title: 'Fetch the customer artifacts',
+              skip: () => !o.customer && 'no --customer or --customer-bucket given',
+              task: async (ctx, task) => {
+                const total = ctx.objects!.reduce((n, x) => n + x.size, 0);
+                const show = meter(task, total);
+                let done = 0;
+                ctx.cached = await syncPrefix(o.gcs, o.customer!.bucket, recipe.customer.prefixes, o.cacheDir, {
+                  concurrency: o.concurrency,
+                  onObject: (c) => {
+                    if (c.fetched) ctx.objectBytesFetched += c.size;
+                    show((done += c.size));
+                  },
+                }).catch(async (err: unknown) => {
+                  throw await explainNoSpace(err, { dir: o.cacheDir, doing: 'fetching the customer artifacts into the cache', flag: '--cache-dir', needed: Math.max(0, total - done) });
+                });
+                task.title = `${ctx.cached.length} artifacts fetched and verified (${mib(ctx.objectBytesFetched)} transferred)`;
+              },
+            },
+          ],
+          { concurrent: true, exitOnError: true },
+        ),
     },
     {
       title: 'Write the bundle',
@@ -211,7 +222,9 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
         const base = ctx.result.manifest.base;
         const saved = base ? savedBytes(base) : undefined;
         const delta = saved ? `, a delta leaving out ${mib(saved.images + saved.artifacts)} its base holds` : '';
-        task.title = v
+        task.title = ctx.result.upToDate
+          ? `${o.output} is already this bundle (${mib(ctx.result.size)}); nothing written`
+          : v
           ? `Wrote ${v.length} volumes ${basename(v[0]!.path)} … ${basename(v.at(-1)!.path)} (${mib(ctx.result.size)}, each at most ${o.splitSize} bytes)${delta}`
           : `Wrote ${o.output} (${mib(ctx.result.size)}, sha256 ${ctx.result.sha256})${delta}`;
       },
@@ -288,9 +301,15 @@ async function writeOut(o: BundleOptions, ctx: BundleContext, progress: (done: n
 /** The tool's own version, for bundle.json. */
 export { toolVersion } from '../util/package-files.ts';
 
+/**
+ * Fails fast when the output name is taken by something other than a bundle. An existing bundle is
+ * compared once this run knows its bundle.json: identical means up to date, else it is refused.
+ * (Volumes are written under their own names, refused in the volume writer.)
+ */
 export async function refuseExisting(output: string, split = false): Promise<void> {
-  if (!split && (await stat(output).then(() => true, () => false))) {
-    throw new OciError('BUSY', `${output} already exists; choose another --output or move the old bundle away`);
+  if (split || !(await stat(output).then(() => true, () => false))) return;
+  if (await openBundle(output).then(() => false, () => true)) {
+    throw new OciError('BUSY', `${output} already exists and is not a bundle; choose another --output or move it away`);
   }
   if (!split) return;
   // Any volume of that name, whatever the count: a new set must not mix with an old one.

@@ -93,6 +93,7 @@ export async function writeVolumes(opts: WriteVolumesOptions): Promise<WriteBund
   }
   await syncDir(dirname(opts.output));
   return {
+    upToDate: false,
     path: files[0]!,
     size: written.reduce((n, w) => n + w.size, 0),
     sha256: createHash('sha256').update(json).digest('hex'),

@@ -8,13 +8,14 @@
  */
 import { createHash, type KeyObject } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { open, rename, rm, type FileHandle } from 'node:fs/promises';
+import { open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pack as tarPack, type Header as TarHeader, type Pack } from 'tar-stream';
 import { OciError, isOciError } from '../oci/errors.ts';
 import { keyFingerprint } from './keys.ts';
 import { bundleManifestSchema, entrySchema, MANIFEST_PATH, SIGNATURE_PATH, SUMS_PATH, type AnyManifest, type BundleEntry, type BundleManifest } from './manifest.ts';
+import { openBundle } from './reader.ts';
 import { signManifest } from './sign.ts';
 import { sha256sumsText } from './sums.ts';
 
@@ -47,11 +48,13 @@ export interface WriteBundleResult {
   path: string;
   /** Bytes written (all volumes together). */
   size: number;
-  /** The bundle file's sha256; for a split bundle, which has no one file, bundle.json's (every volume carries it). */
-  sha256: string;
+  /** The bundle file's sha256; for a split bundle, which has no one file, bundle.json's (every volume carries it); null when an identical bundle was already there (it is not read again). */
+  sha256: string | null;
   manifest: AnyManifest;
   /** A split bundle's volume files, in order. */
   volumes?: { path: string; size: number; sha256: string }[];
+  /** True when the output already held exactly this bundle, so nothing was written. */
+  upToDate: boolean;
 }
 
 /** Read size for entry files: big enough that per-chunk overhead vanishes on multi-GiB layers. */
@@ -147,6 +150,8 @@ export async function writeBundle(opts: WriteBundleOptions): Promise<WriteBundle
   const manifest = buildManifest(opts, [sums.entry, ...data]);
   const json = manifestJson(manifest);
   const sig = opts.signingKey ? Buffer.from(signManifest(json, opts.signingKey)) : undefined;
+  const existing = await existingBundle(opts.output, json, sig);
+  if (existing) return { path: opts.output, size: existing, sha256: null, manifest, upToDate: true };
 
   const partial = `${opts.output}.partial`;
   const head = [{ path: MANIFEST_PATH, bytes: json }, ...(sig ? [{ path: SIGNATURE_PATH, bytes: sig }] : []), { path: SUMS_PATH, bytes: sums.bytes }];
@@ -158,7 +163,7 @@ export async function writeBundle(opts: WriteBundleOptions): Promise<WriteBundle
     throw err;
   }
   await syncDir(dirname(opts.output));
-  return { path: opts.output, size: tar.size, sha256: tar.sha256, manifest };
+  return { path: opts.output, size: tar.size, sha256: tar.sha256, manifest, upToDate: false };
 }
 
 /**
@@ -233,6 +238,21 @@ export async function writeTarFile(
     throw err;
   }
   return { size: tarSize, sha256: tarHash.digest('hex') };
+}
+
+/**
+ * A re-run onto its own earlier output: when the file there carries the same bundle.json and
+ * signature (which list every entry's size and sha256), it is the same bundle, because a bundle
+ * appears under its final name only once complete. Returns its size; throws when it differs.
+ * Its bytes are not hashed again: that is `verify`'s job, and re-reading would cost as much as
+ * writing.
+ */
+async function existingBundle(output: string, json: Buffer, sig: Buffer | undefined): Promise<number | undefined> {
+  if (!(await stat(output).then(() => true, () => false))) return undefined;
+  const old = await openBundle(output).catch(() => undefined);
+  const same = old && old.manifestBytes.equals(json) && old.signature === sig?.toString('latin1');
+  if (!same) throw new OciError('BUSY', `${output} already exists and holds a different bundle; choose another --output or move the old one away`);
+  return old.index.fileSize;
 }
 
 /** Streams one entry into its tar sink, hashing and counting; refuses bytes that differ from what was declared. */

@@ -136,6 +136,7 @@ export default class Bundle extends AirgapCommand {
         path: r.path,
         sha256: r.sha256,
         size: r.size,
+        upToDate: r.upToDate,
         signed: Boolean(signingKey),
         release: { version: r.manifest.release.version, tag: r.manifest.release.tag },
         images: r.manifest.images.map((i) => ({ name: i.name, tag: i.tag, digest: i.digest })),
@@ -147,6 +148,7 @@ export default class Bundle extends AirgapCommand {
         ...(r.manifest.base ? { base: deltaSummary(r.manifest.base) } : {}),
       };
       if (flags.json) process.stdout.write(`${JSON.stringify(summary)}\n`);
+      else if (r.upToDate) this.log(`${r.path}  already up to date (same bundle.json and signature; \`verify\` re-checks every byte)  ${r.size} bytes`);
       else if (r.volumes) for (const v of r.volumes) this.log(`${v.path}  sha256 ${v.sha256}  ${v.size} bytes${signingKey ? '' : '  (UNSIGNED)'}`);
       else this.log(`${r.path}  sha256 ${r.sha256}  ${r.size} bytes${signingKey ? '' : '  (UNSIGNED)'}`);
       return summary;

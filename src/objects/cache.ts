@@ -4,8 +4,8 @@ import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import pLimit from 'p-limit';
 import { writeFileAtomic } from '../util/atomic.ts';
+import { mapBounded } from '../util/bounded.ts';
 import { hashFile, MultiHasher, type ObjectHashes } from './hashes.ts';
 import { CodedError } from '../util/errors.ts';
 import { isAlive } from '../util/process.ts';
@@ -56,10 +56,16 @@ const dirs = (cacheDir: string) => ({
 const ledgerPath = (cacheDir: string, o: { bucket: string; key: string }) =>
   join(dirs(cacheDir).ledgers, `${createHash('sha256').update(`${o.bucket}/${o.key}`).digest('hex')}.json`);
 
+/**
+ * GCS gives every object a CRC32C (and most an MD5 too); one store checksum is enough to catch a
+ * damaged transfer, and sha256 is computed regardless. MD5 only when there is no CRC32C.
+ */
+const needsMd5 = (info: ObjectInfo) => info.crc32c === undefined && info.md5 !== undefined;
+
 /** The first way `h` differs from what the store says of `info`, or undefined. */
 function mismatch(info: ObjectInfo, h: ObjectHashes): string | undefined {
   if (h.size !== info.size) return `size is ${h.size} bytes where the store says ${info.size}`;
-  if (info.md5 !== undefined && h.md5 !== info.md5) return `md5 is ${h.md5} where the store says ${info.md5}`;
+  if (info.md5 !== undefined && h.md5 !== undefined && h.md5 !== info.md5) return `md5 is ${h.md5} where the store says ${info.md5}`;
   if (info.crc32c !== undefined && h.crc32c !== info.crc32c) return `crc32c is ${h.crc32c} where the store says ${info.crc32c}`;
   return undefined;
 }
@@ -91,7 +97,7 @@ async function reuse(info: ObjectInfo, cacheDir: string, rehash: boolean): Promi
   const st = await stat(path).catch(() => undefined);
   let damaged = !st?.isFile() || st.size !== info.size;
   if (!damaged && rehash) {
-    const h = await hashFile(path);
+    const h = await hashFile(path, { md5: needsMd5(info) });
     damaged = h.sha256 !== ledger.sha256 || mismatch(info, h) !== undefined;
   }
   if (damaged) {
@@ -129,7 +135,7 @@ const backoff = (failures: number) => Math.min(10_000, 250 * 2 ** (failures - 1)
  */
 async function download(source: ObjectSource, info: ObjectInfo, tmpDir: string, onBytes?: (n: number) => void): Promise<Download> {
   const tmp = join(tmpDir, `${process.pid}-${randomBytes(8).toString('hex')}.partial`);
-  const hasher = await MultiHasher.create();
+  const hasher = await MultiHasher.create({ md5: needsMd5(info) });
   let seen = 0;
   const TOO_BIG = Symbol('too big');
   async function* bytes(): AsyncGenerator<Buffer> {
@@ -226,23 +232,10 @@ export interface SyncOptions extends FetchOptions {
 export async function syncPrefix(source: ObjectSource, bucket: string, prefixes: string[], cacheDir: string, opts: SyncOptions = {}): Promise<CachedObject[]> {
   const found = new Map<string, ObjectInfo>();
   for (const prefix of prefixes) for await (const o of source.list(bucket, prefix)) found.set(o.key, o);
-  const limit = pLimit(Math.max(1, opts.concurrency ?? 8));
-  let firstError: unknown;
-  const settled = await Promise.allSettled(
-    [...found.values()].map((info) =>
-      limit(async () => {
-        if (firstError !== undefined) return undefined; // one failure stops new downloads
-        try {
-          const o = await fetchObject(source, info, cacheDir, opts);
-          opts.onObject?.(o);
-          return o;
-        } catch (err) {
-          firstError ??= err;
-          throw err;
-        }
-      }),
-    ),
-  );
-  if (firstError !== undefined) throw firstError;
-  return settled.flatMap((r) => (r.status === 'fulfilled' && r.value ? [r.value] : [])).sort(byKey);
+  const cached = await mapBounded([...found.values()], opts.concurrency ?? 8, async (info) => {
+    const o = await fetchObject(source, info, cacheDir, opts);
+    opts.onObject?.(o);
+    return o;
+  });
+  return cached.sort(byKey);
 }

@@ -9,8 +9,8 @@ export interface ObjectHashes {
   size: number;
   /** Lowercase hex. */
   sha256: string;
-  /** base64 of the raw digest, as GCS's md5Hash. */
-  md5: string;
+  /** base64 of the raw digest, as GCS's md5Hash; absent when not asked for. */
+  md5?: string;
   /** base64 of the big-endian 4-byte value, as GCS's crc32c. */
   crc32c: string;
 }
@@ -19,29 +19,33 @@ const CHUNK = 1 << 20;
 // The reversed Castagnoli polynomial: CRC32C, not the zlib CRC32 that is hash-wasm's default.
 const CASTAGNOLI = 0x82f63b78;
 
-/** A pass-through Transform that hashes (sha256, md5, crc32c) and counts what flows through it. */
+/** A pass-through Transform that hashes (sha256, crc32c, md5 if asked) and counts what flows through it. */
 export class MultiHasher extends Transform {
   private readonly sha256 = createHash('sha256');
-  private readonly md5: Hash = createHash('md5');
+  private readonly md5: Hash | undefined;
   private readonly crc: IHasher;
   private done: ObjectHashes | undefined;
   size = 0;
 
-  private constructor(crc: IHasher) {
+  private constructor(crc: IHasher, md5: boolean) {
     super({ highWaterMark: CHUNK });
     this.crc = crc;
+    this.md5 = md5 ? createHash('md5') : undefined;
   }
 
-  /** Async because hash-wasm instantiates its WebAssembly module on first use. */
-  static async create(): Promise<MultiHasher> {
-    return new MultiHasher(await createCRC32(CASTAGNOLI));
+  /**
+   * Async because hash-wasm instantiates its WebAssembly module on first use. MD5 costs more CPU
+   * than the other two together; callers skip it when the store gives a CRC32C to check instead.
+   */
+  static async create(opts: { md5?: boolean } = {}): Promise<MultiHasher> {
+    return new MultiHasher(await createCRC32(CASTAGNOLI), opts.md5 ?? true);
   }
 
   /** Hashes bytes without a stream (tests, small buffers). */
   update(chunk: Uint8Array): this {
     if (this.done) throw new Error('MultiHasher: update() after result()');
     this.sha256.update(chunk);
-    this.md5.update(chunk);
+    this.md5?.update(chunk);
     this.crc.update(chunk);
     this.size += chunk.length;
     return this;
@@ -57,7 +61,7 @@ export class MultiHasher extends Transform {
     this.done ??= {
       size: this.size,
       sha256: this.sha256.digest('hex'),
-      md5: this.md5.digest('base64'),
+      ...(this.md5 ? { md5: this.md5.digest('base64') } : {}),
       crc32c: Buffer.from(this.crc.digest('binary')).toString('base64'),
     };
     return this.done;
@@ -65,8 +69,8 @@ export class MultiHasher extends Transform {
 }
 
 /** Hashes a file already on disk (the cache's re-verification). */
-export async function hashFile(path: string): Promise<ObjectHashes> {
-  const hasher = await MultiHasher.create();
+export async function hashFile(path: string, opts: { md5?: boolean } = {}): Promise<ObjectHashes> {
+  const hasher = await MultiHasher.create(opts);
   await pipeline(createReadStream(path, { highWaterMark: CHUNK }), hasher, async (source: AsyncIterable<unknown>) => {
     for await (const _ of source); // drain: the hasher is the point
   });

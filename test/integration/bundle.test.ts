@@ -79,6 +79,33 @@ describe('bundle: the synthetic release, checked by independent tools', () => {
     expect(warm.summary!.sha256).toBe(first.sha256);
   });
 
+  it('a re-run onto its own output writes nothing; a different bundle or a non-bundle there is refused', async () => {
+    const args = ['--customer', fixture.customer, '--signing-key', join(keys, 'bundle.key'), '--cache-dir', join(work, 'cache2'), '--json'];
+    const before = await stat(out1);
+    const again = await bundle(out1, args);
+    expect(again.r.code, again.r.stderr).toBe(0);
+    expect(again.summary).toMatchObject({ upToDate: true, sha256: null, size: first.size, transferred: { images: 0, artifacts: 0 } });
+    const after = await stat(out1);
+    expect([after.ino, after.mtimeMs]).toEqual([before.ino, before.mtimeMs]);
+    // Without --json the phases go to stderr; stdout carries only the result line.
+    const plain = await bundle(out1, args.filter((a) => a !== '--json'));
+    expect(plain.r.code, plain.r.stderr).toBe(0);
+    expect(plain.r.stdout).toBe(`${out1}  already up to date (same bundle.json and signature; \`verify\` re-checks every byte)  ${first.size} bytes\n`);
+    expect(plain.r.stderr).toContain('Fetch the customer artifacts');
+
+    const other = await bundle(out1, ['--models', 'sonic-3', ...args]);
+    expect(other.r.code).toBe(1);
+    expect(other.r.stderr.trim().split('\n').filter((l) => l.startsWith('Error:'))).toEqual([`Error: ${out1} already exists and holds a different bundle; choose another --output or move the old one away`]);
+    expect((await run('sha256sum', [out1])).split(' ')[0]).toBe(first.sha256);
+
+    const notBundle = join(work, 'notes.tar');
+    await writeFile(notBundle, 'not a bundle\n');
+    const refused = await bundle(notBundle, args);
+    expect(refused.r.code).toBe(1);
+    expect(refused.r.stderr).toContain(`Error: ${notBundle} already exists and is not a bundle; choose another --output or move it away`);
+    expect(await readFile(notBundle, 'utf8')).toBe('not a bundle\n');
+  });
+
   it('--models sonic-3 carries the API, the license proxy, NATS and rosy-dragon only', async () => {
     const { r, summary } = await bundle(join(work, 'sonic3.tar'), ['--models', 'sonic-3', '--unsigned', '--cache-dir', join(work, 'cache2'), '--json']);
     expect(r.code, r.stderr).toBe(0);

@@ -1,9 +1,10 @@
-// `npm run testbed -- --env-file FILE [--size tiny]`: starts the test bed on loopback, seeds the
-// synthetic release, writes a shell-sourceable env file, and stays up until SIGTERM or Ctrl-C.
+// `npm run testbed -- --env-file FILE [--size 1GiB]`: starts the test bed on loopback, seeds the
+// synthetic release (the tests' tiny one, or about SIZE bytes shaped like the benchmark's), writes a shell-sourceable env file, and stays up until SIGTERM or Ctrl-C.
 import { writeFile, rename } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { seedRelease, TINY } from '../fixtures/release.ts';
+import { parseSize } from '../../scripts/bench/measure.ts';
+import { seedRelease, sizedFixture, TINY } from '../fixtures/release.ts';
 import { envLines, envFileText } from './env.ts';
 import { startTestbed } from './testbed.ts';
 
@@ -15,6 +16,7 @@ const { values } = parseArgs({
   options: {
     'env-file': { type: 'string' },
     'keep-root': { type: 'boolean', default: false },
+    size: { type: 'string' },
   },
 });
 const envFile = values['env-file'] ? resolve(values['env-file']) : undefined;
@@ -41,7 +43,7 @@ setInterval(() => {
 
 try {
   const upAt = performance.now();
-  const fixture = await seedRelease(bed, `${bed.root}/fixture`, TINY);
+  const fixture = await seedRelease(bed, `${bed.root}/fixture`, values.size ? sizedFixture(parseSize(values.size)) : TINY);
   const env = envLines(bed, fixture);
   const text = envFileText(env);
   if (envFile) {

@@ -65,6 +65,14 @@ describe('MultiHasher', () => {
     expect(() => h.update(Buffer.from('d'))).toThrow(/after result/);
   });
 
+  it('skips MD5 when not asked for, and the other digests stay the same', async () => {
+    const data = randomBytes(100_000);
+    const all = (await MultiHasher.create()).update(data).result();
+    const some = (await MultiHasher.create({ md5: false })).update(data).result();
+    expect(some.md5).toBeUndefined();
+    expect(some).toEqual({ size: all.size, sha256: all.sha256, crc32c: all.crc32c });
+  });
+
   it('hashFile reads a file in one pass', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'objects-hashes-'));
     try {

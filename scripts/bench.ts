@@ -1,0 +1,208 @@
+// `npm run bench -- --size 4GiB [--runs 3] [--json FILE]`: seeds the loopback test bed with a
+// synthetic release of about SIZE bytes (big base/runtime layers shared between images, a few large
+// LoRA files, many small migration files), then measures on the same data, each `--runs` times:
+//   bundle  vs  skopeo copy --all docker://… oci:… per image + a plain @google-cloud/storage download
+//   install vs  skopeo copy --all oci:… docker://… per image + a plain @aws-sdk/lib-storage upload
+//   verify  vs  sha256sum over the same tar
+//   no-op re-runs of bundle (same output, warm cache) and install (everything present)
+// and prints medians, ratios and peak RSS. A benchmark to read, not a test: it fails only when a
+// command fails. The bed's servers run on the same cores; their CPU time is reported beside ours.
+import { readFile, writeFile, mkdir } from 'node:fs/promises';
+import { cpus, totalmem } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { RELEASE_BUCKET, seedRelease, sizedFixture, type FixtureRecord } from '../test/fixtures/release.ts';
+import { run } from '../test/testbed/run.ts';
+import { skopeoAuthFile } from '../test/testbed/skopeo-auth.ts';
+import { startTestbed, type Testbed } from '../test/testbed/testbed.ts';
+import { median, parseSize, runningChild, scriptArgs, timed, type Timed } from './bench/measure.ts';
+
+const { values } = parseArgs({
+  args: scriptArgs(),
+  options: { size: { type: 'string', default: '1GiB' }, runs: { type: 'string', default: '3' }, json: { type: 'string' } },
+});
+const size = parseSize(values.size);
+const runs = Number(values.runs);
+if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs ${values.runs}: expected a whole number ≥ 1`);
+const cli = join(import.meta.dirname, '..', 'bin', 'run.js');
+const peers = join(import.meta.dirname, 'bench', 'peers.ts');
+// Our CLI runs as users run it: bin/run.js through its shebang (which sets its V8 flags), on the
+// pinned Node 24 that npm put first on PATH. The peers' Node scripts run on the same runtime.
+const node = process.execPath;
+process.env.PATH = `${dirname(node)}:${process.env.PATH ?? ''}`;
+const log = (s: string) => console.error(`bench: ${s}`);
+
+/** CPU seconds the bed's server processes used so far (utime + stime from /proc). */
+async function serverCpu(bed: Testbed): Promise<number> {
+  let ticks = 0;
+  for (const pid of bed.pids) {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    ticks += Number(fields[11] ?? 0) + Number(fields[12] ?? 0);
+  }
+  return ticks / 100; // USER_HZ is 100 on Linux
+}
+
+interface Sample {
+  seconds: number;
+  maxRssMiB: number;
+  serverCpuSeconds: number;
+}
+
+/** Runs the steps one after another (as a shell script would) and sums them into one sample. */
+async function sample(bed: Testbed, label: string, steps: (() => Promise<Timed>)[]): Promise<Sample> {
+  const cpu0 = await serverCpu(bed);
+  let seconds = 0;
+  let rss = 0;
+  for (const step of steps) {
+    const t = await step();
+    seconds += t.seconds;
+    rss = Math.max(rss, t.maxRssKiB / 1024);
+  }
+  const s = { seconds, maxRssMiB: rss, serverCpuSeconds: (await serverCpu(bed)) - cpu0 };
+  log(`${label}: ${s.seconds.toFixed(2)} s, peak RSS ${s.maxRssMiB.toFixed(0)} MiB, servers ${s.serverCpuSeconds.toFixed(1)} CPU s`);
+  return s;
+}
+
+const summarize = (xs: Sample[]) => ({
+  medianSeconds: median(xs.map((x) => x.seconds)),
+  maxRssMiB: Math.max(...xs.map((x) => x.maxRssMiB)),
+  medianServerCpuSeconds: median(xs.map((x) => x.serverCpuSeconds)),
+  samples: xs,
+});
+
+let bed: Testbed | undefined;
+let stopping: Promise<void> | undefined;
+const cleanup = () => (stopping ??= (async () => {
+  runningChild()?.kill('SIGTERM');
+  await bed?.stop();
+})());
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+  process.on(sig, () => {
+    log(`${sig}, stopping the test bed`);
+    void cleanup().finally(() => process.exit(130));
+  });
+}
+
+async function main(b: Testbed): Promise<void> {
+  const work = join(b.root, 'bench');
+  await mkdir(work, { recursive: true });
+  log(`seeding a synthetic release of about ${(size / 2 ** 30).toFixed(2)} GiB`);
+  const seedStart = Date.now();
+  const fx: FixtureRecord = await seedRelease(b, join(work, 'fixture'), sizedFixture(size));
+  log(`seeded in ${((Date.now() - seedStart) / 1000).toFixed(1)} s`);
+  const customerBucket = `cartesia-${fx.customer}`;
+  const sourceAuth = await skopeoAuthFile(work, b.source.host, '_json_key', (await readFile(b.saKeyFile, 'utf8')).trim());
+  const privateAuth = await skopeoAuthFile(work, b.private.host, b.private.username, b.private.password);
+  const s3Env = { AWS_ACCESS_KEY_ID: b.s3.accessKeyId, AWS_SECRET_ACCESS_KEY: b.s3.secretAccessKey, AWS_REGION: b.s3.region };
+  const keys = join(work, 'keys');
+  await run(node, [cli, 'keys', 'generate', '--out', keys]);
+
+  const bundleArgs = (i: number) => ['bundle', '--output', join(work, `bundle-${i}.tar`), '--customer', fx.customer, '--signing-key', join(keys, 'bundle.key'), '--key-file', b.saKeyFile, '--gcs-endpoint', b.gcs.endpoint, '--source-registry', `${b.source.host}/${b.source.prefix}`, '--source-ca-file', b.caFile, '--cache-dir', join(work, `cache-${i}`), '--json'];
+  const installArgs = (i: number, bundle: string) => ['install', bundle, '--public-key', join(keys, 'bundle.pub'), '--registry', `${b.private.host}/ours-${i}`, '--registry-username', b.private.username, '--registry-ca-file', b.caFile, '--s3-endpoint', b.s3.endpoint, '--s3-bucket', `ours-${i}`, '--values-out', join(work, `values-${i}.yaml`), '--json'];
+  const installEnv = { ...s3Env, CARTESIA_AIRGAP_REGISTRY_PASSWORD: b.private.password };
+
+  const bundleOurs: Sample[] = [];
+  const bundlePeer: Sample[] = [];
+  for (let i = 1; i <= runs; i++) {
+    bundleOurs.push(await sample(b, `bundle #${i} (cartesia-airgap)`, [() => timed(work, 'bundle', cli, bundleArgs(i))]));
+    const peerDir = join(work, `peer-bundle-${i}`);
+    await mkdir(join(peerDir, 'images'), { recursive: true });
+    bundlePeer.push(
+      await sample(b, `bundle #${i} (skopeo + @google-cloud/storage)`, [
+        ...fx.images.map((img) => () => timed(work, `skopeo copy ${img.repository}`, 'skopeo', ['copy', '--all', '--quiet', '--src-cert-dir', b.certDir, '--src-authfile', sourceAuth, `docker://${b.source.host}/${img.repository}:${img.tag}`, `oci:${join(peerDir, 'images')}:${img.repository.split('/').at(-1)}:${img.tag}`])),
+        () => timed(work, 'gcs download', node, [peers, 'gcs-download', b.gcs.endpoint, join(peerDir, 'objects'), RELEASE_BUCKET, customerBucket]),
+      ]),
+    );
+  }
+  const bundleFile = join(work, 'bundle-1.tar');
+  const bundleNoop = await sample(b, 'bundle again, same output and cache (no-op)', [() => timed(work, 'bundle no-op', cli, bundleArgs(1))]);
+  const bundleSize = (JSON.parse((await run(node, [cli, 'inspect', bundleFile, '--json'])).trim()) as { size?: number }).size ?? 0;
+
+  // The peer reads an extracted layout (skopeo cannot read one inside a tar); extraction is not counted.
+  const extracted = join(work, 'extracted');
+  await mkdir(extracted, { recursive: true });
+  await run('tar', ['-xf', bundleFile, '-C', extracted]);
+  const index = JSON.parse(await readFile(join(extracted, 'images', 'index.json'), 'utf8')) as { manifests: { annotations: Record<string, string> }[] };
+  const refs = index.manifests.map((m) => m.annotations['org.opencontainers.image.ref.name']!);
+
+  const installOurs: Sample[] = [];
+  const installPeer: Sample[] = [];
+  for (let i = 1; i <= runs; i++) {
+    installOurs.push(await sample(b, `install #${i} (cartesia-airgap)`, [() => timed(work, 'install', cli, installArgs(i, bundleFile), { env: installEnv })]));
+    installPeer.push(
+      await sample(b, `install #${i} (skopeo + @aws-sdk/lib-storage)`, [
+        ...refs.map((ref) => () => timed(work, `skopeo copy ${ref}`, 'skopeo', ['copy', '--all', '--quiet', '--dest-cert-dir', b.certDir, '--dest-authfile', privateAuth, `oci:${join(extracted, 'images')}:${ref}`, `docker://${b.private.host}/peer-${i}/${ref}`])),
+        () => timed(work, 's3 upload', node, [peers, 's3-upload', b.s3.endpoint, `peer-${i}`, join(extracted, 'artifacts', customerBucket)], { env: s3Env }),
+      ]),
+    );
+  }
+  const installNoop = await sample(b, 'install again into the same target (no-op)', [() => timed(work, 'install no-op', cli, installArgs(1, bundleFile), { env: installEnv })]);
+
+  const verifyOurs: Sample[] = [];
+  const verifySha: Sample[] = [];
+  for (let i = 1; i <= runs; i++) {
+    verifyOurs.push(await sample(b, `verify #${i} (cartesia-airgap)`, [() => timed(work, 'verify', cli, ['verify', bundleFile, '--public-key', join(keys, 'bundle.pub')])]));
+    verifySha.push(await sample(b, `verify #${i} (sha256sum)`, [() => timed(work, 'sha256sum', 'sha256sum', [bundleFile])]));
+  }
+
+  const m = {
+    bundle: { ours: summarize(bundleOurs), peer: summarize(bundlePeer), noop: bundleNoop },
+    install: { ours: summarize(installOurs), peer: summarize(installPeer), noop: installNoop },
+    verify: { ours: summarize(verifyOurs), sha256sum: summarize(verifySha) },
+  };
+  const ratio = (a: number, b2: number) => Number((a / b2).toFixed(3));
+  const report = {
+    date: new Date().toISOString(),
+    sizeBytes: bundleSize,
+    requestedSizeBytes: size,
+    runs,
+    machine: { cores: cpus().length, cpuModel: cpus()[0]?.model ?? 'unknown', memoryBytes: totalmem(), node: process.version },
+    ratios: {
+      bundle: ratio(m.bundle.ours.medianSeconds, m.bundle.peer.medianSeconds),
+      install: ratio(m.install.ours.medianSeconds, m.install.peer.medianSeconds),
+      // Throughput ratio: ours ÷ sha256sum's, i.e. sha256sum's time ÷ ours.
+      verify: ratio(m.verify.sha256sum.medianSeconds, m.verify.ours.medianSeconds),
+    },
+    noop: {
+      bundle: ratio(m.bundle.noop.seconds, m.bundle.ours.medianSeconds),
+      install: ratio(m.install.noop.seconds, m.install.ours.medianSeconds),
+    },
+    rssMiB: { bundle: Math.round(m.bundle.ours.maxRssMiB), install: Math.round(m.install.ours.maxRssMiB), verify: Math.round(m.verify.ours.maxRssMiB) },
+    targets: { bundleRatio: 0.7, installRatio: 0.7, verifyRatio: 0.8, noop: 0.05, rssMiB: 256e6 / 2 ** 20 },
+    measurements: m,
+  };
+
+  const gib = (n: number) => (n / 2 ** 30).toFixed(2);
+  const mbs = (s: number) => (bundleSize / 1e6 / Math.max(s, 0.001)).toFixed(0);
+  const row = (name: string, s: { medianSeconds: number; maxRssMiB: number; medianServerCpuSeconds: number }) =>
+    console.log(`${name.padEnd(44)} ${s.medianSeconds.toFixed(2).padStart(9)} ${mbs(s.medianSeconds).padStart(7)} ${s.maxRssMiB.toFixed(0).padStart(9)} ${s.medianServerCpuSeconds.toFixed(1).padStart(11)}`);
+  console.log(`\nbundle of ${bundleSize} bytes (${gib(bundleSize)} GiB), ${runs} runs each, median; ${report.machine.cores} cores, ${gib(report.machine.memoryBytes)} GiB RAM, ${report.date.slice(0, 10)}`);
+  console.log(`${'operation'.padEnd(44)} ${'seconds'.padStart(9)} ${'MB/s'.padStart(7)} ${'RSS MiB'.padStart(9)} ${'server CPU s'.padStart(11)}`);
+  row('bundle: cartesia-airgap', m.bundle.ours);
+  row('bundle: skopeo + @google-cloud/storage', m.bundle.peer);
+  row('install: cartesia-airgap', m.install.ours);
+  row('install: skopeo + @aws-sdk/lib-storage', m.install.peer);
+  row('verify: cartesia-airgap', m.verify.ours);
+  row('verify: sha256sum', m.verify.sha256sum);
+  const noopRow = (name: string, s: Sample) => row(name, { medianSeconds: s.seconds, maxRssMiB: s.maxRssMiB, medianServerCpuSeconds: s.serverCpuSeconds });
+  noopRow('bundle again (no-op)', m.bundle.noop);
+  noopRow('install again (no-op)', m.install.noop);
+  const mark = (ok: boolean) => (ok ? 'met' : 'MISSED');
+  console.log(`\nratios: bundle ${report.ratios.bundle} (target ≤ 0.7, ${mark(report.ratios.bundle <= 0.7)}), install ${report.ratios.install} (≤ 0.7, ${mark(report.ratios.install <= 0.7)}), verify throughput ${report.ratios.verify} × sha256sum (≥ 0.8, ${mark(report.ratios.verify >= 0.8)})`);
+  console.log(`no-op re-runs: bundle ${report.noop.bundle}, install ${report.noop.install} of a full run (≤ 0.05, ${mark(report.noop.bundle <= 0.05 && report.noop.install <= 0.05)})`);
+  console.log(`peak RSS: bundle ${report.rssMiB.bundle} MiB, install ${report.rssMiB.install} MiB, verify ${report.rssMiB.verify} MiB (≤ 256 MB = 244 MiB, ${mark(Math.max(report.rssMiB.bundle, report.rssMiB.install) <= 244)})`);
+  if (values.json) await writeFile(resolve(values.json), `${JSON.stringify(report, null, 2)}\n`);
+}
+
+let failed = false;
+try {
+  bed = await startTestbed();
+  await main(bed);
+} catch (err) {
+  console.error(`bench: ${(err as Error).message}`);
+  failed = true;
+} finally {
+  await cleanup();
+}
+process.exit(failed ? 1 : 0);

@@ -1,0 +1,27 @@
+import pLimit from 'p-limit';
+
+/**
+ * `fn` over `items`, at most `concurrency` at once, results in input order. After the first
+ * failure nothing new starts and the running calls are awaited, so the caller never closes a store
+ * under work still in flight; the first error is the one thrown.
+ */
+export async function mapBounded<T, R>(items: readonly T[], concurrency: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const limit = pLimit(Math.max(1, concurrency));
+  let firstError: unknown;
+  let failed = false;
+  const settled = await Promise.allSettled(
+    items.map((item) =>
+      limit(async () => {
+        if (failed) return undefined;
+        try {
+          return await fn(item);
+        } catch (err) {
+          if (!failed) [failed, firstError] = [true, err];
+          throw err;
+        }
+      }),
+    ),
+  );
+  if (failed) throw firstError;
+  return settled.map((r) => (r as PromiseFulfilledResult<R>).value);
+}
