@@ -8,17 +8,8 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { startCli, type CliResult } from './cli.ts';
 
-/** mulberry32: a small PRNG, so a seed gives the same points on every machine. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The bed's seeded PRNG (mulberry32), so a seed gives the same kill points on every machine. */
+export { seeded as prng } from '../testbed/fault-proxy.ts';
 
 /** A stderr line without colour codes (vitest's environment turns colours on in children). */
 // eslint-disable-next-line no-control-regex
