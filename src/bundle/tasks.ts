@@ -154,61 +154,51 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
       },
     },
     {
-      // Both wait on the network more than on this process: fetched side by side they overlap.
-      title: 'Fetch the images and the customer artifacts',
-      task: (_ctx, parent) =>
-        parent.newListr(
-          [
-            {
-              title: 'Fetch the images',
-              task: async (ctx, task) => {
-                await mkdir(imagesDir, { recursive: true });
-                const cache = await LayoutDirectory.open(imagesDir);
-                const total = ctx.planned!.reduce((n, p) => n + p.graph.size, 0);
-                const show = meter(task, total);
-                let done = 0;
-                let fetched = 0;
-                try {
-                  const results = await fetchImages(ctx.planned!, cache, {
-                    concurrency: o.concurrency,
-                    onEvent: (_name, e) => {
-                      if (e.type === 'blob-done') {
-                        fetched += e.bytesTransferred;
-                        show((done += e.size));
-                      }
-                    },
-                  });
-                  ctx.imageBytesFetched = results.reduce((n, r) => n + r.bytesTransferred, 0);
-                } catch (err) {
-                  throw await explainNoSpace(err, { dir: imagesDir, doing: 'fetching the images into the cache', flag: '--cache-dir', needed: Math.max(0, (ctx.imageBytesMissing ?? 0) - fetched) });
-                } finally {
-                  await cache.close();
-                }
-                task.title = `Images ready (${mib(ctx.imageBytesFetched)} transferred, ${mib(Math.max(0, total - ctx.imageBytesFetched))} from the cache or shared)`;
-              },
+      title: 'Fetch the images',
+      task: async (ctx, task) => {
+        await mkdir(imagesDir, { recursive: true });
+        const cache = await LayoutDirectory.open(imagesDir);
+        const total = ctx.planned!.reduce((n, p) => n + p.graph.size, 0);
+        const show = meter(task, total);
+        let done = 0;
+        let fetched = 0;
+        try {
+          const results = await fetchImages(ctx.planned!, cache, {
+            concurrency: o.concurrency,
+            onEvent: (_name, e) => {
+              if (e.type === 'blob-done') {
+                fetched += e.bytesTransferred;
+                show((done += e.size));
+              }
             },
-            {
-              title: 'Fetch the customer artifacts',
-              skip: () => !o.customer && 'no --customer or --customer-bucket given',
-              task: async (ctx, task) => {
-                const total = ctx.objects!.reduce((n, x) => n + x.size, 0);
-                const show = meter(task, total);
-                let done = 0;
-                ctx.cached = await syncPrefix(o.gcs, o.customer!.bucket, recipe.customer.prefixes, o.cacheDir, {
-                  concurrency: o.concurrency,
-                  onObject: (c) => {
-                    if (c.fetched) ctx.objectBytesFetched += c.size;
-                    show((done += c.size));
-                  },
-                }).catch(async (err: unknown) => {
-                  throw await explainNoSpace(err, { dir: o.cacheDir, doing: 'fetching the customer artifacts into the cache', flag: '--cache-dir', needed: Math.max(0, total - done) });
-                });
-                task.title = `${ctx.cached.length} artifacts fetched and verified (${mib(ctx.objectBytesFetched)} transferred)`;
-              },
-            },
-          ],
-          { concurrent: true, exitOnError: true },
-        ),
+          });
+          ctx.imageBytesFetched = results.reduce((n, r) => n + r.bytesTransferred, 0);
+        } catch (err) {
+          throw await explainNoSpace(err, { dir: imagesDir, doing: 'fetching the images into the cache', flag: '--cache-dir', needed: Math.max(0, (ctx.imageBytesMissing ?? 0) - fetched) });
+        } finally {
+          await cache.close();
+        }
+        task.title = `Images ready (${mib(ctx.imageBytesFetched)} transferred, ${mib(Math.max(0, total - ctx.imageBytesFetched))} from the cache or shared)`;
+      },
+    },
+    {
+      title: 'Fetch the customer artifacts',
+      skip: () => !o.customer && 'no --customer or --customer-bucket given',
+      task: async (ctx, task) => {
+        const total = ctx.objects!.reduce((n, x) => n + x.size, 0);
+        const show = meter(task, total);
+        let done = 0;
+        ctx.cached = await syncPrefix(o.gcs, o.customer!.bucket, recipe.customer.prefixes, o.cacheDir, {
+          concurrency: o.concurrency,
+          onObject: (c) => {
+            if (c.fetched) ctx.objectBytesFetched += c.size;
+            show((done += c.size));
+          },
+        }).catch(async (err: unknown) => {
+          throw await explainNoSpace(err, { dir: o.cacheDir, doing: 'fetching the customer artifacts into the cache', flag: '--cache-dir', needed: Math.max(0, total - done) });
+        });
+        task.title = `${ctx.cached.length} artifacts fetched and verified (${mib(ctx.objectBytesFetched)} transferred)`;
+      },
     },
     {
       title: 'Write the bundle',

@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { createHash, createPrivateKey, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, open, readdir, readFile, stat, symlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, readFile, rm, stat, symlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -217,6 +217,7 @@ describe('writeBundle', () => {
 
     await writeFile(join(fx.dir, 'victim'), 'keep me\n');
     await symlink(join(fx.dir, 'victim'), `${output}.partial`);
+    await rm(output); // else the second run finds its own bundle there and writes nothing
     const second = await writeBundle({ output, manifest: fx.manifest, entries: fx.entries, mtime: MTIME });
     expect(second.sha256).toBe(first.sha256);
     expect(await readFile(join(fx.dir, 'victim'), 'utf8')).toBe('keep me\n');
