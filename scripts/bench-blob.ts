@@ -9,8 +9,8 @@ import { parseArgs } from 'node:util';
 import { seededBytes } from '../test/fixtures/bytes.ts';
 import { LayoutWriter } from '../test/fixtures/oci-layout.ts';
 import { run } from '../test/testbed/run.ts';
-import { startTestbed, type Testbed } from '../test/testbed/testbed.ts';
-import { parseSize, runningChild, scriptArgs, timed } from './bench/measure.ts';
+import type { Testbed } from '../test/testbed/testbed.ts';
+import { parseSize, scriptArgs, timed, withTestbed } from './bench/measure.ts';
 
 const LAYER = 'application/vnd.oci.image.layer.v1.tar';
 const LIMIT_BYTES = 200e6; // the issue's "200 MB": decimal megabytes
@@ -43,23 +43,7 @@ function checkOurs(m: Measure): void {
   if (r.bytesTransferred < size) throw new Error(`${m.operation}: only ${r.bytesTransferred} of ${size} bytes transferred (blobs ${JSON.stringify(r.blobs)})`);
 }
 
-let bed: Testbed | undefined;
-let stopping: Promise<void> | undefined;
-// Stops the bed once, whoever asks first (normal end, error or signal); its root holds every temp dir.
-const cleanup = () => (stopping ??= (async () => {
-  runningChild()?.kill('SIGTERM');
-  await bed?.stop();
-})());
-for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-  process.on(sig, () => {
-    console.error(`bench-blob: ${sig}, stopping the test bed`);
-    void cleanup().finally(() => process.exit(130));
-  });
-}
-
-let failed = false;
-try {
-  bed = await startTestbed();
+await withTestbed('bench-blob', async (bed) => {
   const plain = bed.plain.host;
   const layout = join(bed.root, 'bench-layout');
   const out = join(bed.root, 'bench-out');
@@ -86,7 +70,7 @@ try {
   const node = process.execPath; // the pinned Node 24 that npm put on PATH for this script
   const runs: Measure[] = [];
   const ours = async (op: string, args: string[]) => {
-    const m = await measure(bed!, op, 'cartesia-airgap', node, [cli, 'copy', ...args, '--json']);
+    const m = await measure(bed, op, 'cartesia-airgap', node, [cli, 'copy', ...args, '--json']);
     checkOurs(m);
     runs.push(m);
   };
@@ -126,10 +110,4 @@ try {
     };
     await writeFile(resolve(values.json), `${JSON.stringify(report, null, 2)}\n`);
   }
-} catch (err) {
-  console.error(`bench-blob: ${(err as Error).message}`);
-  failed = true;
-} finally {
-  await cleanup();
-}
-process.exit(failed ? 1 : 0);
+});

@@ -14,8 +14,8 @@ import { parseArgs } from 'node:util';
 import { RELEASE_BUCKET, seedRelease, sizedFixture, type FixtureRecord } from '../test/fixtures/release.ts';
 import { run } from '../test/testbed/run.ts';
 import { skopeoAuthFile } from '../test/testbed/skopeo-auth.ts';
-import { startTestbed, type Testbed } from '../test/testbed/testbed.ts';
-import { median, parseSize, runningChild, scriptArgs, timed, type Timed } from './bench/measure.ts';
+import type { Testbed } from '../test/testbed/testbed.ts';
+import { median, parseSize, scriptArgs, timed, withTestbed, type Timed } from './bench/measure.ts';
 
 const { values } = parseArgs({
   args: scriptArgs(),
@@ -70,19 +70,6 @@ const summarize = (xs: Sample[]) => ({
   medianServerCpuSeconds: median(xs.map((x) => x.serverCpuSeconds)),
   samples: xs,
 });
-
-let bed: Testbed | undefined;
-let stopping: Promise<void> | undefined;
-const cleanup = () => (stopping ??= (async () => {
-  runningChild()?.kill('SIGTERM');
-  await bed?.stop();
-})());
-for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-  process.on(sig, () => {
-    log(`${sig}, stopping the test bed`);
-    void cleanup().finally(() => process.exit(130));
-  });
-}
 
 async function main(b: Testbed): Promise<void> {
   const work = join(b.root, 'bench');
@@ -195,14 +182,4 @@ async function main(b: Testbed): Promise<void> {
   if (values.json) await writeFile(resolve(values.json), `${JSON.stringify(report, null, 2)}\n`);
 }
 
-let failed = false;
-try {
-  bed = await startTestbed();
-  await main(bed);
-} catch (err) {
-  console.error(`bench: ${(err as Error).message}`);
-  failed = true;
-} finally {
-  await cleanup();
-}
-process.exit(failed ? 1 : 0);
+await withTestbed('bench', main);

@@ -2,15 +2,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { parseSplitSize } from '../../src/bundle/split-size.ts';
+import { startTestbed, type Testbed } from '../../test/testbed/testbed.ts';
 
-/** `2GiB`, `256MiB`, `1.5GB` or a byte count. */
-export function parseSize(text: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB)?$/i.exec(text.trim());
-  const units: Record<string, number> = { b: 1, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30, kb: 1e3, mb: 1e6, gb: 1e9 };
-  const n = m ? Math.round(Number(m[1]) * units[(m[2] ?? 'b').toLowerCase()]!) : NaN;
-  if (!Number.isSafeInteger(n) || n <= 0) throw new Error(`--size ${text}: expected e.g. 2GiB, 256MiB or a byte count`);
-  return n;
-}
+/** `--size`: `2GiB`, `256MiB`, `1.5GB` or a byte count (the same parser as `bundle --split-size`). */
+export const parseSize = (text: string): number => parseSplitSize(text, '--size');
 
 /** npm passes a leading `--` so Node does not take our flags for its own. */
 export const scriptArgs = (): string[] => {
@@ -24,9 +20,8 @@ export interface Timed {
   stdout: string;
 }
 
-let current: ChildProcess | undefined;
 /** The measured child still running, so a signal handler can end it. */
-export const runningChild = () => current;
+let current: ChildProcess | undefined;
 
 /**
  * Runs `cmd` under `/usr/bin/time -f '%e %M' -o FILE`: GNU time's own report goes to a file, not
@@ -54,4 +49,35 @@ export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const mid = s.length >> 1;
   return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+/**
+ * Starts the loopback test bed, runs `body`, and stops the bed once whoever asks first (normal end,
+ * error or signal; its root holds every temp dir), killing a measurement still running. Exits the
+ * process: 0, 1 after printing the error, 130 on a signal.
+ */
+export async function withTestbed(name: string, body: (bed: Testbed) => Promise<void>): Promise<never> {
+  let bed: Testbed | undefined;
+  let stopping: Promise<void> | undefined;
+  const cleanup = () => (stopping ??= (async () => {
+    current?.kill('SIGTERM');
+    await bed?.stop();
+  })());
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.on(sig, () => {
+      console.error(`${name}: ${sig}, stopping the test bed`);
+      void cleanup().finally(() => process.exit(130));
+    });
+  }
+  let failed = false;
+  try {
+    bed = await startTestbed();
+    await body(bed);
+  } catch (err) {
+    console.error(`${name}: ${(err as Error).message}`);
+    failed = true;
+  } finally {
+    await cleanup();
+  }
+  process.exit(failed ? 1 : 0);
 }

@@ -32,22 +32,23 @@ const UNITS: Readonly<Record<string, bigint>> = {
 const HINT = 'give bytes (4700000000), a number with K, M, G (1000-based) or KiB, MiB, GiB (1024-based), or dvd, fat32, bd25, bd50';
 
 /**
- * `--split-size` in bytes: `1048576`, `4.7G`, `1.5 GiB`, `dvd`, … Exact decimal arithmetic, so
- * `4.7G` is 4,700,000,000 bytes and a value that is not a whole number of bytes is refused.
+ * `--split-size` (or another size flag, named in errors) in bytes: `1048576`, `4.7G`, `1.5 GiB`,
+ * `dvd`, … Exact decimal arithmetic, so `4.7G` is 4,700,000,000 bytes and a value that is not a
+ * whole number of bytes is refused.
  */
-export function parseSplitSize(text: string): number {
+export function parseSplitSize(text: string, flag = '--split-size'): number {
   const value = text.trim().toLowerCase();
   const preset = SPLIT_PRESETS[value];
   if (preset !== undefined) return preset;
   const m = /^([0-9]+)(?:\.([0-9]+))?\s*([a-z]*)$/.exec(value);
   const unit = m ? UNITS[m[3]!] : undefined;
-  if (!m || unit === undefined) throw new CodedError('BAD_USAGE', `--split-size ${JSON.stringify(text)} is not a size; ${HINT}`);
+  if (!m || unit === undefined) throw new CodedError('BAD_USAGE', `${flag} ${JSON.stringify(text)} is not a size; ${HINT}`);
   const fraction = m[2] ?? '';
   const scaled = BigInt(m[1]! + fraction) * unit;
   const divisor = 10n ** BigInt(fraction.length);
-  if (scaled % divisor !== 0n) throw new CodedError('BAD_USAGE', `--split-size ${JSON.stringify(text)} is not a whole number of bytes; ${HINT}`);
+  if (scaled % divisor !== 0n) throw new CodedError('BAD_USAGE', `${flag} ${JSON.stringify(text)} is not a whole number of bytes; ${HINT}`);
   const bytes = scaled / divisor;
-  if (bytes <= 0n) throw new CodedError('BAD_USAGE', `--split-size ${JSON.stringify(text)} must be more than 0 bytes`);
-  if (bytes > BigInt(Number.MAX_SAFE_INTEGER)) throw new CodedError('BAD_USAGE', `--split-size ${JSON.stringify(text)} is too large`);
+  if (bytes <= 0n) throw new CodedError('BAD_USAGE', `${flag} ${JSON.stringify(text)} must be more than 0 bytes`);
+  if (bytes > BigInt(Number.MAX_SAFE_INTEGER)) throw new CodedError('BAD_USAGE', `${flag} ${JSON.stringify(text)} is too large`);
   return Number(bytes);
 }

@@ -3,7 +3,7 @@
 import { writeFile, rename } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { parseSize } from '../../scripts/bench/measure.ts';
+import { parseSplitSize } from '../../src/bundle/split-size.ts';
 import { seedRelease, sizedFixture, TINY } from '../fixtures/release.ts';
 import { envLines, envFileText } from './env.ts';
 import { startTestbed } from './testbed.ts';
@@ -43,7 +43,7 @@ setInterval(() => {
 
 try {
   const upAt = performance.now();
-  const fixture = await seedRelease(bed, `${bed.root}/fixture`, values.size ? sizedFixture(parseSize(values.size)) : TINY);
+  const fixture = await seedRelease(bed, `${bed.root}/fixture`, values.size ? sizedFixture(parseSplitSize(values.size, '--size')) : TINY);
   const env = envLines(bed, fixture);
   const text = envFileText(env);
   if (envFile) {
