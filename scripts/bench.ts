@@ -85,7 +85,8 @@ async function main(b: Testbed): Promise<void> {
   const keys = join(work, 'keys');
   await run(node, [cli, 'keys', 'generate', '--out', keys]);
 
-  const bundleArgs = (i: number) => ['bundle', '--output', join(work, `bundle-${i}.tar`), '--customer', fx.customer, '--signing-key', join(keys, 'bundle.key'), '--key-file', b.saKeyFile, '--gcs-endpoint', b.gcs.endpoint, '--source-registry', `${b.source.host}/${b.source.prefix}`, '--source-ca-file', b.caFile, '--cache-dir', join(work, `cache-${i}`), '--json'];
+  // Without the 124 MiB installer: the peer path carries no tool, so both move the same data.
+  const bundleArgs = (i: number) => ['bundle', '--output', join(work, `bundle-${i}.tar`), '--customer', fx.customer, '--signing-key', join(keys, 'bundle.key'), '--key-file', b.saKeyFile, '--gcs-endpoint', b.gcs.endpoint, '--source-registry', `${b.source.host}/${b.source.prefix}`, '--source-ca-file', b.caFile, '--cache-dir', join(work, `cache-${i}`), '--no-installer', '--json'];
   const installArgs = (i: number, bundle: string) => ['install', bundle, '--public-key', join(keys, 'bundle.pub'), '--registry', `${b.private.host}/ours-${i}`, '--registry-username', b.private.username, '--registry-ca-file', b.caFile, '--s3-endpoint', b.s3.endpoint, '--s3-bucket', `ours-${i}`, '--values-out', join(work, `values-${i}.yaml`), '--json'];
   const installEnv = { ...s3Env, CARTESIA_AIRGAP_REGISTRY_PASSWORD: b.private.password };
 
