@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { mib } from '../util/format.ts';
 import { mkdir, readdir, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { KeyObject } from 'node:crypto';
@@ -65,7 +66,6 @@ export interface BundleContext {
   result?: WriteBundleResult;
 }
 
-const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
 
 /** Progress text: bytes, rate and time left, throttled. */
 function meter(task: { output?: string }, total: number, what = '') {
@@ -76,6 +76,45 @@ function meter(task: { output?: string }, total: number, what = '') {
     const eta = rate > 0 ? Math.max(0, (total - done) / rate) : 0;
     show(`${what}${mib(done)} of ${mib(total)}, ${mib(rate)}/s, ${Math.round(eta)} s left`, done >= total);
   };
+}
+
+/** Every image into the cache's layout (progress in bytes, as blobs complete). */
+async function fetchImagesTask(o: BundleOptions, ctx: BundleContext, imagesDir: string, progress: (bytes: number) => void): Promise<void> {
+  await mkdir(imagesDir, { recursive: true });
+  const cache = await LayoutDirectory.open(imagesDir);
+  let fetched = 0;
+  try {
+    const results = await fetchImages(ctx.planned!, cache, {
+      concurrency: o.concurrency,
+      onEvent: (_name, e) => {
+        if (e.type === 'blob-done') {
+          fetched += e.bytesTransferred;
+          progress(e.size);
+        }
+      },
+    });
+    ctx.imageBytesFetched = results.reduce((n, r) => n + r.bytesTransferred, 0);
+  } catch (err) {
+    throw await explainNoSpace(err, { dir: imagesDir, doing: 'fetching the images into the cache', flag: '--cache-dir', needed: Math.max(0, (ctx.imageBytesMissing ?? 0) - fetched) });
+  } finally {
+    await cache.close();
+  }
+}
+
+/** The customer's artifacts into the object cache (progress in bytes, as objects complete). */
+async function fetchArtifactsTask(o: BundleOptions, ctx: BundleContext, progress: (bytes: number) => void): Promise<void> {
+  const total = ctx.objects!.reduce((n, x) => n + x.size, 0);
+  let done = 0;
+  ctx.cached = await syncPrefix(o.gcs, o.customer!.bucket, o.recipe.recipe.customer.prefixes, o.cacheDir, {
+    concurrency: o.concurrency,
+    onObject: (c) => {
+      if (c.fetched) ctx.objectBytesFetched += c.size;
+      done += c.size;
+      progress(c.size);
+    },
+  }).catch(async (err: unknown) => {
+    throw await explainNoSpace(err, { dir: o.cacheDir, doing: 'fetching the customer artifacts into the cache', flag: '--cache-dir', needed: Math.max(0, total - done) });
+  });
 }
 
 /** The phases of `bundle` (DESIGN.md §2: the command parses flags and runs these). */
@@ -154,50 +193,22 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
       },
     },
     {
-      title: 'Fetch the images',
+      // Images come from the registry, artifacts from GCS: two servers, kept busy at once.
+      title: 'Fetch the images and the customer artifacts',
       task: async (ctx, task) => {
-        await mkdir(imagesDir, { recursive: true });
-        const cache = await LayoutDirectory.open(imagesDir);
-        const total = ctx.planned!.reduce((n, p) => n + p.graph.size, 0);
-        const show = meter(task, total);
+        const imageTotal = ctx.planned!.reduce((n, p) => n + p.graph.size, 0);
+        const objectTotal = o.customer ? ctx.objects!.reduce((n, x) => n + x.size, 0) : 0;
+        const show = meter(task, imageTotal + objectTotal);
         let done = 0;
-        let fetched = 0;
-        try {
-          const results = await fetchImages(ctx.planned!, cache, {
-            concurrency: o.concurrency,
-            onEvent: (_name, e) => {
-              if (e.type === 'blob-done') {
-                fetched += e.bytesTransferred;
-                show((done += e.size));
-              }
-            },
-          });
-          ctx.imageBytesFetched = results.reduce((n, r) => n + r.bytesTransferred, 0);
-        } catch (err) {
-          throw await explainNoSpace(err, { dir: imagesDir, doing: 'fetching the images into the cache', flag: '--cache-dir', needed: Math.max(0, (ctx.imageBytesMissing ?? 0) - fetched) });
-        } finally {
-          await cache.close();
-        }
-        task.title = `Images ready (${mib(ctx.imageBytesFetched)} transferred, ${mib(Math.max(0, total - ctx.imageBytesFetched))} from the cache or shared)`;
-      },
-    },
-    {
-      title: 'Fetch the customer artifacts',
-      skip: () => !o.customer && 'no --customer or --customer-bucket given',
-      task: async (ctx, task) => {
-        const total = ctx.objects!.reduce((n, x) => n + x.size, 0);
-        const show = meter(task, total);
-        let done = 0;
-        ctx.cached = await syncPrefix(o.gcs, o.customer!.bucket, recipe.customer.prefixes, o.cacheDir, {
-          concurrency: o.concurrency,
-          onObject: (c) => {
-            if (c.fetched) ctx.objectBytesFetched += c.size;
-            show((done += c.size));
-          },
-        }).catch(async (err: unknown) => {
-          throw await explainNoSpace(err, { dir: o.cacheDir, doing: 'fetching the customer artifacts into the cache', flag: '--cache-dir', needed: Math.max(0, total - done) });
-        });
-        task.title = `${ctx.cached.length} artifacts fetched and verified (${mib(ctx.objectBytesFetched)} transferred)`;
+        const progress = (n: number): void => show((done += n));
+        // Both run to their end, so a failure is reported the same way whichever came first
+        // (images before artifacts), and what either finished stays in the cache for the re-run.
+        const [images, artifacts] = await Promise.allSettled([fetchImagesTask(o, ctx, imagesDir, progress), o.customer ? fetchArtifactsTask(o, ctx, progress) : Promise.resolve()]);
+        if (images.status === 'rejected') throw images.reason;
+        if (artifacts.status === 'rejected') throw artifacts.reason;
+        const fromCache = `${mib(Math.max(0, imageTotal - ctx.imageBytesFetched))} from the cache or shared`;
+        const objects = o.customer ? `; ${ctx.cached!.length} artifacts fetched and verified (${mib(ctx.objectBytesFetched)} transferred)` : '; no --customer or --customer-bucket given, no artifacts';
+        task.title = `Images ready (${mib(ctx.imageBytesFetched)} transferred, ${fromCache})${objects}`;
       },
     },
     {

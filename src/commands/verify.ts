@@ -1,4 +1,5 @@
 import type { KeyObject } from 'node:crypto';
+import { mib } from '../util/format.ts';
 import { stat } from 'node:fs/promises';
 import { basename, resolve } from 'node:path';
 import { Args, Flags } from '@oclif/core';
@@ -20,7 +21,6 @@ export interface VerifyOutput {
   error?: string;
 }
 
-const mib = (n: number): string => `${(n / 2 ** 20).toFixed(1)} MiB`;
 
 export default class Verify extends AirgapCommand {
   static override summary = 'Check a bundle\'s signature and every entry\'s hash without extracting it.';

@@ -1,8 +1,8 @@
 import type { CopyEvent } from '../oci/copy.ts';
+import { mib } from '../util/format.ts';
 
 export type RenderMode = 'plain' | 'ndjson' | 'quiet';
 
-const mib = (n: number) => `${(n / (1 << 20)).toFixed(1)} MiB`;
 const short = (d: string) => d.slice(0, 19);
 
 /**

@@ -12,6 +12,9 @@ export function human(n: number): string {
   return i === 0 ? `${n} B` : `${v.toFixed(1)} ${units[i]}`;
 }
 
+/** Bytes in MiB with one decimal: progress lines, where a steady unit reads best. */
+export const mib = (n: number): string => `${(n / 2 ** 20).toFixed(1)} MiB`;
+
 /** Rows padded into columns (the first row is the header); the last column is not padded. */
 export function table(rows: string[][]): string[] {
   const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));

@@ -91,7 +91,7 @@ describe('bundle: the synthetic release, checked by independent tools', () => {
     const plain = await bundle(out1, args.filter((a) => a !== '--json'));
     expect(plain.r.code, plain.r.stderr).toBe(0);
     expect(plain.r.stdout).toBe(`${out1}  already up to date (same bundle.json and signature; \`verify\` re-checks every byte)  ${first.size} bytes\n`);
-    expect(plain.r.stderr).toContain('Fetch the customer artifacts');
+    expect(plain.r.stderr).toContain('Fetch the images and the customer artifacts');
 
     const other = await bundle(out1, ['--models', 'sonic-3', ...args]);
     expect(other.r.code).toBe(1);
