@@ -5,7 +5,8 @@
 // is bundled into one CommonJS file with rolldown, made into a Node single-executable blob with the
 // shipped data files (package.json, bundles/, templates/) as assets, and put into a copy of the
 // pinned runtime (node_modules/node, the `node` devDependency) as an ELF note, with a second note
-// saying what the executable is. Nothing is downloaded. Same inputs, same bytes.
+// saying what the executable is. The runtime starts with the V8 flags bin/run.js's shebang gives the
+// npm CLI. Nothing is downloaded. Same inputs, same bytes.
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { copyFile, mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
@@ -20,6 +21,7 @@ const ROOT = join(import.meta.dirname, '..');
 const OUT_DIR = join(ROOT, 'build');
 const EXE = join(OUT_DIR, 'cartesia-airgap');
 const RUNTIME = join(ROOT, 'node_modules', 'node', 'bin', 'node');
+const BIN = join(ROOT, 'bin', 'run.js');
 /** Node's fuse: the runtime looks for its blob only when this reads `:1`. */
 const SEA_FUSE = 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2:';
 
@@ -98,6 +100,17 @@ async function burnFuse(file: string): Promise<void> {
   await fh.close();
 }
 
+/**
+ * The Node flags bin/run.js's shebang gives the npm CLI (`#!/usr/bin/env -S node FLAGS…`), which
+ * the executable's runtime is started with too (SEA `execArgv`): one place says what they are.
+ */
+async function shebangFlags(): Promise<string[]> {
+  const first = (await readFile(BIN, 'utf8')).split('\n', 1)[0]!;
+  const m = /^#!\/usr\/bin\/env -S node((?: --[\w-]+(?:=\S+)?)*)$/.exec(first);
+  if (!m) return fail(`${relative(ROOT, BIN)} starts with ${JSON.stringify(first)}, not \`#!/usr/bin/env -S node --flag…\`; cannot tell which Node flags the executable needs`);
+  return m[1]!.split(' ').filter(Boolean);
+}
+
 async function main(): Promise<void> {
   if (process.platform !== 'linux' || process.arch !== 'x64') fail(`build:exe makes a linux-x64 executable from the linux-x64 runtime in node_modules/node; this is ${process.platform}-${process.arch}`);
   const pkg = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8')) as { name: string; version: string; oclif?: { plugins?: string[] } };
@@ -129,9 +142,10 @@ async function main(): Promise<void> {
   for (const dir of SHIPPED_DIRS) for (const f of await listFiles(join(ROOT, dir))) assets[relative(ROOT, f)] = f;
   const blob = join(OUT_DIR, 'sea.blob');
   const seaConfig = join(OUT_DIR, 'sea-config.json');
-  await writeFile(seaConfig, `${JSON.stringify({ main: script, output: blob, disableExperimentalSEAWarning: true, useSnapshot: false, useCodeCache: false, assets }, null, 2)}\n`);
+  const execArgv = await shebangFlags();
+  await writeFile(seaConfig, `${JSON.stringify({ main: script, output: blob, disableExperimentalSEAWarning: true, useSnapshot: false, useCodeCache: false, execArgv, assets }, null, 2)}\n`);
   execFileSync(RUNTIME, ['--experimental-sea-config', seaConfig], { stdio: ['ignore', 'ignore', 'inherit'] });
-  step(`single-executable blob with ${Object.keys(assets).length} assets (${((await stat(blob)).size / 2 ** 20).toFixed(1)} MiB)`);
+  step(`single-executable blob with ${Object.keys(assets).length} assets and Node flags ${execArgv.join(' ') || '(none)'} (${((await stat(blob)).size / 2 ** 20).toFixed(1)} MiB)`);
 
   const info: BuildInfo = { name: 'cartesia-airgap', version: pkg.version, node: runtimeVersion, platform: 'linux-x64', formatVersion: READABLE_FORMAT_VERSION };
   const partial = `${EXE}.partial`;

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { writeFileAtomic } from '../util/atomic.ts';
+import { jitteredBackoff } from '../util/backoff.ts';
 import { mapBounded } from '../util/bounded.ts';
 import { hashFile, MultiHasher, type ObjectHashes } from './hashes.ts';
 import { CodedError } from '../util/errors.ts';
@@ -126,7 +127,6 @@ type Download = { kind: 'gone' } | { kind: 'bytes'; tmp: string; hashes: ObjectH
 
 /** Further attempts after a reset or a stall, each resuming at the byte reached. */
 const READ_RETRIES = 5;
-const backoff = (failures: number) => Math.min(10_000, 250 * 2 ** (failures - 1)) * (0.5 + Math.random() / 2);
 
 /**
  * Streams one generation into a temp file while hashing; stops early if it outgrows `info.size`.
@@ -152,7 +152,7 @@ async function download(source: ObjectSource, info: ObjectInfo, tmpDir: string, 
         return;
       } catch (err) {
         if (err === TOO_BIG || !(err instanceof ObjectError && err.retryable) || failures++ >= READ_RETRIES) throw err;
-        await sleep(err.retryAfterMs ?? backoff(failures));
+        await sleep(err.retryAfterMs ?? jitteredBackoff(failures, 250, 10_000));
       }
     }
   }

@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent, Pool, request, fetch as undiciFetch, type Dispatcher } from 'undici';
+import { jitteredBackoff } from '../../util/backoff.ts';
 import { retryAfterMs } from '../../util/retry-after.ts';
 import { DEFAULT_STALL_TIMEOUT_MS } from '../../util/stall.ts';
 import { OciError } from '../errors.ts';
@@ -182,10 +183,9 @@ export class Transport {
     }
   }
 
-  /** Exponential backoff with jitter, so parallel transfers do not retry in lockstep. */
+  /** The wait before retry number `attempt` under this transport's policy (see jitteredBackoff). */
   backoff(attempt: number): number {
-    const exp = Math.min(this.retry.maxDelayMs, this.retry.baseDelayMs * 2 ** (attempt - 1));
-    return Math.round(exp / 2 + Math.random() * (exp / 2));
+    return jitteredBackoff(attempt, this.retry.baseDelayMs, this.retry.maxDelayMs);
   }
 
   async #sendFollowing(req: SendRequest): Promise<Response> {
