@@ -2,8 +2,8 @@ import { createHash, type Hash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Agent } from 'node:https';
 import { pipeline, Transform, type Readable, type TransformCallback } from 'node:stream';
-import { CreateBucketCommand, DeleteObjectCommand, HeadBucketCommand, HeadObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
-import type { BucketLocationConstraint, HeadObjectCommandOutput } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, DeleteObjectCommand, HeadBucketCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import type { BucketLocationConstraint, HeadObjectCommandOutput, ListObjectsV2CommandOutput } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { DEFAULT_STALL_TIMEOUT_MS } from '../util/stall.ts';
 import { ObjectError } from './cache.ts';
@@ -20,7 +20,7 @@ export interface S3SinkOptions {
   credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
   /** Objects up to this size go in one PutObject, bigger ones in parts of this size (default 8 MiB). */
   partSize?: number;
-  /** Parts in flight at once (default 4); memory is about (queueSize + 1) × partSize. */
+  /** Parts in flight at once (default 4); a multipart upload holds about (queueSize + 1) × partSize. */
   queueSize?: number;
   /** A request whose connection is silent this long fails and is retried (default 60 s). */
   stallTimeoutMs?: number;
@@ -33,12 +33,39 @@ export interface PutResult {
   how: 'uploaded' | 'skipped';
   size: number;
   sha256: string;
-  /** The S3 ETag: the MD5 of one-part objects, md5-of-part-md5s-N of multipart ones. */
+  /**
+   * The object's ETag as the server gave it (what `list()` shows): the MD5 of one-part objects,
+   * md5-of-part-md5s-N of multipart ones, something else under KMS or on servers with their own scheme.
+   */
+  etag?: string;
+}
+
+/** One object as `list()` shows it. */
+export interface Listed {
+  size: number;
+  /** Without quotes. */
+  etag: string;
+}
+
+export interface PutOptions {
+  /**
+   * What the caller's `list()` (with a prefix covering the key) showed under the key: `null` for
+   * nothing, so no HEAD is made before uploading. Undefined: the sink looks for itself.
+   */
+  listed?: Listed | null;
+  /**
+   * The ETag the caller recorded when it last uploaded or verified these exact bytes here (e.g. in
+   * an earlier install's receipt). With `listed` showing the same size and this ETag the object is
+   * skipped without a request.
+   */
   etag?: string;
 }
 
 const MiB = 1024 * 1024;
 const MAX_PARTS = 10_000;
+/** Part and body buffers of all of a sink's puts together, with the default part and queue sizes. */
+const BUFFER_BUDGET = 64 * MiB;
+const unquote = (etag: string | undefined) => etag?.replace(/"/g, '') ?? '';
 const NET = /^(ECONNREFUSED|ECONNRESET|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|EPIPE|EHOSTUNREACH|ENETUNREACH|TimeoutError|RequestTimeout)$/;
 const TLS = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS|ERR_SSL/;
 const DENIED: Record<string, string> = {
@@ -130,6 +157,41 @@ class Verifier extends Transform {
   }
 }
 
+/**
+ * A FIFO semaphore over a number of units (bytes, lanes). FIFO so that a big request is not starved
+ * by a stream of small ones; a request for more than the total gets the whole of it.
+ */
+class Budget {
+  private free: number;
+  private readonly waiting: { n: number; go: () => void }[] = [];
+  private readonly total: number;
+
+  constructor(total: number) {
+    this.total = total;
+    this.free = total;
+  }
+
+  async take(want: number): Promise<() => void> {
+    const n = Math.min(want, this.total);
+    if (this.waiting.length === 0 && n <= this.free) this.free -= n;
+    else await new Promise<void>((go) => this.waiting.push({ n, go }));
+    let given = true;
+    return () => {
+      if (!given) return;
+      given = false;
+      this.free += n;
+      for (let w = this.waiting[0]; w && w.n <= this.free; w = this.waiting[0]) {
+        this.waiting.shift();
+        this.free -= w.n;
+        w.go();
+      }
+    };
+  }
+}
+
+/** What a PutObject or CompleteMultipartUpload answered that tells whether its ETag is an MD5. */
+type Stored = { ETag?: string | undefined; ServerSideEncryption?: string | undefined; SSECustomerAlgorithm?: string | undefined };
+
 function readCa(file: string): Buffer {
   try {
     return readFileSync(file);
@@ -147,6 +209,17 @@ export class S3Sink {
   private readonly partSize: number;
   private readonly queueSize: number;
   private readonly client: S3Client;
+  /**
+   * Memory is bounded per sink, not per put, since callers run several puts at once (install: 4).
+   * Multipart uploads take turns in one lane: a big object is bandwidth-bound, so a second one at
+   * the same time would only double its (queueSize + 1) parts of memory (40 MiB by default), not
+   * the speed. Single-PUT objects are held whole, so they share what is left of the budget by
+   * bytes (24 MiB by default): many small ones run side by side, where round trips set the pace.
+   * The two pools never wait on each other, so neither starves the other.
+   */
+  private readonly multipart: Budget = new Budget(1);
+  private readonly multipartBytes: number;
+  private readonly singleBytes: Budget;
 
   constructor(opts: S3SinkOptions) {
     if (!opts.bucket) throw new ObjectError('STORE', 'no S3 bucket given; name the bucket to install into');
@@ -157,6 +230,8 @@ export class S3Sink {
     this.queueSize = opts.queueSize ?? 4;
     if (!Number.isSafeInteger(this.partSize) || this.partSize < 5 * MiB) throw new ObjectError('STORE', `S3 part size ${this.partSize} is below S3's minimum of 5 MiB`);
     if (!Number.isSafeInteger(this.queueSize) || this.queueSize < 1) throw new ObjectError('STORE', `S3 queue size ${this.queueSize} must be at least 1`);
+    this.multipartBytes = (this.queueSize + 1) * this.partSize;
+    this.singleBytes = new Budget(Math.max(this.partSize, BUFFER_BUDGET - this.multipartBytes));
     let endpoint: string | undefined;
     if (opts.endpoint) {
       // Whatever userinfo or query the URL carries is not ours to show or to send.
@@ -220,35 +295,79 @@ export class S3Sink {
     const h = await this.stat(key);
     if (!h) return undefined;
     const sha256 = h.Metadata?.['sha256']?.toLowerCase();
-    const etag = h.ETag?.replace(/"/g, '');
+    const etag = unquote(h.ETag);
     return { size: h.ContentLength ?? 0, ...(sha256 && /^[0-9a-f]{64}$/.test(sha256) ? { sha256 } : {}), ...(etag ? { etag } : {}) };
   }
 
-  /** Uploads `open()`'s bytes under `key` unless an object with this size and sha256 is there already. */
-  async put(key: string, size: number, sha256: string, open: () => Promise<Readable>): Promise<PutResult> {
+  /** Every object under `prefix` ('' or none: the whole bucket), by key; a missing bucket holds none. */
+  async list(prefix = ''): Promise<Map<string, Listed>> {
+    const found = new Map<string, Listed>();
+    let token: string | undefined;
+    do {
+      let page: ListObjectsV2CommandOutput;
+      try {
+        page = await this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, ...(prefix ? { Prefix: prefix } : {}), ...(token ? { ContinuationToken: token } : {}) }));
+      } catch (err) {
+        if (statusOf(err) === 404 && codeOf(err) === 'NoSuchBucket') return new Map();
+        throw this.fail(err, 'listing the bucket');
+      }
+      for (const o of page.Contents ?? []) if (o.Key) found.set(o.Key, { size: o.Size ?? 0, etag: unquote(o.ETag) });
+      // A server that says "truncated" without a token (or repeats it) would otherwise loop forever.
+      const next = page.IsTruncated ? page.NextContinuationToken : undefined;
+      token = next && next !== token ? next : undefined;
+    } while (token);
+    return found;
+  }
+
+  /**
+   * Uploads `open()`'s bytes under `key` unless an object with this size and sha256 is there
+   * already (by its sha256 metadata, or by `opts`: see PutOptions). The key never holds wrong or
+   * partial bytes: the source is checked as it is read, and an upload whose ETag is not the one
+   * of the bytes sent is removed.
+   */
+  async put(key: string, size: number, sha256: string, open: () => Promise<Readable>, opts: PutOptions = {}): Promise<PutResult> {
     const url = `s3://${this.bucket}/${key}`;
     if (!key || !Number.isSafeInteger(size) || size < 0 || !/^[0-9a-f]{64}$/.test(sha256)) throw new ObjectError('STORE', `${url}: put needs a key, a byte size and a lowercase hex sha256`);
-    const have = await this.head(key);
-    if (have && have.size === size && have.sha256 === sha256) return { key, how: 'skipped', size, sha256, ...(have.etag ? { etag: have.etag } : {}) };
-    // At most 10,000 parts: very large objects get larger parts.
+    const { listed } = opts;
+    const known = unquote(opts.etag);
+    if (listed && known && listed.size === size && unquote(listed.etag) === known) return { key, how: 'skipped', size, sha256, etag: known };
+    // Listed absent, or listed with another size: nothing there can be skipped, so no HEAD either.
+    if (listed === undefined || (listed !== null && listed.size === size)) {
+      const have = await this.head(key);
+      if (have && have.size === size && have.sha256 === sha256) return { key, how: 'skipped', size, sha256, ...(have.etag ? { etag: have.etag } : {}) };
+    }
+    // At most 10,000 parts: very large objects get larger parts, and then fewer of them in flight.
     const partSize = Math.max(this.partSize, Math.ceil(size / MAX_PARTS / MiB) * MiB);
-    const v = new Verifier({ size, sha256, partSize, url });
-    const source = await open();
-    let sourceError: unknown;
-    source.once('error', (err) => (sourceError = err));
-    pipeline(source, v, () => {}); // a source error reaches `v` and fails the upload
-    const params = { Bucket: this.bucket, Key: key, Metadata: { sha256 } };
+    const single = size <= partSize;
+    const queueSize = Math.max(1, Math.min(this.queueSize, Math.floor(this.multipartBytes / partSize) - 1));
+    // Taken before the source is opened: a put that waits holds neither memory nor a file.
+    const release = await (single ? this.singleBytes.take(size) : this.multipart.take(1));
+    let source: Readable;
     try {
-      if (size <= partSize) {
-        // Small enough to hold: checked before a byte is sent, and the SDK can retry a buffer.
-        const chunks: Buffer[] = [];
-        for await (const c of v) chunks.push(c as Buffer);
+      source = await open();
+    } catch (err) {
+      release();
+      throw err;
+    }
+    const v = new Verifier({ size, sha256, partSize, url });
+    let sourceError: unknown;
+    let stored: Stored;
+    try {
+      source.once('error', (err) => (sourceError = err));
+      pipeline(source, v, () => {}); // a source error reaches `v` and fails the upload
+      const params = { Bucket: this.bucket, Key: key, Metadata: { sha256 } };
+      if (single) {
+        // Small enough to hold: checked before a byte is sent, and the SDK can retry a buffer. One
+        // buffer of the declared size: the Verifier fails before passing on a byte too many.
+        const body = Buffer.allocUnsafe(size);
+        let at = 0;
+        for await (const c of v) at += (c as Buffer).copy(body, at);
         const md5 = v.partMd5s[0]!.toString('base64');
-        await this.client.send(new PutObjectCommand({ ...params, Body: Buffer.concat(chunks, size), ContentLength: size, ContentMD5: md5 }));
+        stored = await this.client.send(new PutObjectCommand({ ...params, Body: body, ContentLength: size, ContentMD5: md5 }));
       } else {
         // A bad stream fails the part reader; Upload then aborts the multipart upload before done()
         // settles, and S3 shows nothing under the key until CompleteMultipartUpload.
-        await new Upload({ client: this.client, params: { ...params, Body: v }, partSize, queueSize: this.queueSize, leavePartsOnError: false }).done();
+        stored = await new Upload({ client: this.client, params: { ...params, Body: v }, partSize, queueSize, leavePartsOnError: false }).done();
       }
     } catch (err) {
       if (v.failure) throw v.failure;
@@ -257,28 +376,25 @@ export class S3Sink {
       throw this.fail(err, 'uploading', key);
     } finally {
       v.destroy();
+      release();
     }
     const parts = v.partMd5s;
     const etag = parts.length === 1 ? parts[0]!.toString('hex') : `${createHash('md5').update(Buffer.concat(parts)).digest('hex')}-${parts.length}`;
-    await this.check(key, url, size, sha256, etag);
-    return { key, how: 'uploaded', size, sha256, etag };
+    return { key, how: 'uploaded', size, sha256, etag: await this.check(key, url, etag, stored) };
   }
 
-  /** What S3 now holds under `key` is what was sent; anything else is deleted, never left. */
-  private async check(key: string, url: string, size: number, sha256: string, etag: string): Promise<void> {
-    const h = await this.stat(key);
-    if (!h) throw new ObjectError('STORE', `${url} is missing right after its upload; another writer may have deleted it, run again`, { retryable: true });
-    const got = h.ETag?.replace(/"/g, '') ?? '';
+  /**
+   * The server's answer to the upload names the ETag of what it stored; if that is not the ETag of
+   * the bytes sent, the object is deleted, never left. Size and sha256 metadata need no HEAD: we
+   * sent them and the server accepted the request. Returns the server's ETag.
+   */
+  private async check(key: string, url: string, etag: string, stored: Stored): Promise<string> {
+    const got = unquote(stored.ETag);
     // KMS and customer-key encryption make ETags that are not MD5s; so do servers that don't follow S3's scheme.
-    const plainEtag = !h.SSECustomerAlgorithm && !h.ServerSideEncryption?.startsWith('aws:kms') && (etag.includes('-') ? /^[0-9a-f]{32}-\d+$/ : /^[0-9a-f]{32}$/).test(got);
-    const problem =
-      h.ContentLength !== size ? `it holds ${h.ContentLength} bytes where ${size} were sent`
-      : h.Metadata?.['sha256'] !== sha256 ? 'its sha256 metadata is not the one sent'
-      : plainEtag && got !== etag ? `its ETag is ${got} where the bytes sent give ${etag}`
-      : undefined;
-    if (!problem) return;
+    const plainEtag = !stored.SSECustomerAlgorithm && !stored.ServerSideEncryption?.startsWith('aws:kms') && (etag.includes('-') ? /^[0-9a-f]{32}-\d+$/ : /^[0-9a-f]{32}$/).test(got);
+    if (!plainEtag || got === etag) return got || etag;
     await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key })).catch(() => undefined);
-    throw new ObjectError('MISMATCH', `${url} does not hold what was uploaded (${problem}); it was removed, run again`, { retryable: true });
+    throw new ObjectError('MISMATCH', `${url} does not hold what was uploaded (its ETag is ${got} where the bytes sent give ${etag}); it was removed, run again`, { retryable: true });
   }
 
   close(): void {

@@ -129,6 +129,32 @@ describe('S3Sink against moto', () => {
     expect(await sink.head('foreign.bin')).toMatchObject({ size, sha256: sha });
   });
 
+  it('lists with ETags that let a second put skip without a request, and a missing bucket lists empty', async () => {
+    expect((await new S3Sink({ ...base, bucket: `${BUCKET}-none` }).list('')).size).toBe(0);
+    const small = { key: 'listed/a.json', size: 777, seed: 'listed-a' };
+    const large = { key: 'listed/b/large.bin', size: 11 * MiB + 3, seed: 'listed-b' };
+    const before = await sink.list('listed/');
+    expect(before.size).toBe(0);
+    const done = new Map<string, string>();
+    for (const o of [small, large]) {
+      const res = await sink.put(o.key, o.size, await digest(o.seed, o.size), source(o.seed, o.size), { listed: before.get(o.key) ?? null });
+      expect(res.how).toBe('uploaded');
+      expect(await storedSha256(o.key)).toBe(res.sha256);
+      done.set(o.key, res.etag!);
+    }
+    const after = await sink.list('listed/');
+    expect([...after.keys()]).toEqual([small.key, large.key]);
+    for (const o of [small, large]) {
+      expect(after.get(o.key)).toEqual({ size: o.size, etag: done.get(o.key) });
+      let opened = false;
+      const res = await sink.put(o.key, o.size, await digest(o.seed, o.size), () => ((opened = true), source(o.seed, o.size)()), { listed: after.get(o.key)!, etag: done.get(o.key)! });
+      expect(res).toMatchObject({ how: 'skipped', etag: done.get(o.key) });
+      expect(opened).toBe(false);
+    }
+    // The whole bucket: these and what the other tests put.
+    expect([...(await sink.list()).keys()]).toEqual(expect.arrayContaining([small.key, large.key, 'loras/small.bin']));
+  });
+
   describe.each([
     ['single-part', 200 * 1024],
     ['multipart', 12 * MiB + 1],
