@@ -24,6 +24,11 @@ export interface VerifyOptions {
   publicKey?: KeyObject;
   /** Progress: `bytes` of `path` hashed so far, of its `total`. */
   onEntry?(path: string, bytes: number, total: number): void;
+  /**
+   * Hash only the entries (or pieces of entries) this accepts; the rest are left unread. For
+   * install, which reads only what it will send: their hashes are still signed in bundle.json.
+   */
+  only?(path: string): boolean;
 }
 
 export interface VerifyResult {
@@ -32,6 +37,8 @@ export interface VerifyResult {
   /** Tar entries whose size and sha256 were checked against bundle.json (SHA256SUMS and the data). */
   entries: number;
   bytes: number;
+  /** Entries left unread because `only` refused them. */
+  skipped: number;
   /** A split bundle: its number of volumes, and those checked (all, or the one opened alone). */
   volumes?: { count: number; checked: number[] };
 }
@@ -45,12 +52,17 @@ export async function verifyBundle(b: OpenedBundle, opts: VerifyOptions = {}): P
   checkPromises(b, relied);
   let bytes = 0;
   let entries = 0;
+  let skipped = 0;
   const sizes = new Map(b.manifest.entries.map((e) => [e.path, e]));
   /** Running hashes of entries in pieces, fed piece by piece in volume order. */
   const joined = new Map<string, Hash>();
   for (const t of b.tars) {
     const where = t.label ? `${t.label}: ` : '';
     for (const e of t.listing) {
+      if (opts.only && !opts.only(e.piece?.of ?? e.path)) {
+        skipped++;
+        continue;
+      }
       const whole = e.piece && b.complete ? sizes.get(e.piece.of) : undefined;
       const join = whole && (joined.get(whole.path) ?? joined.set(whole.path, createHash('sha256')).get(whole.path)!);
       await hashEntry(t, e.path, e.size, e.sha256, where, opts.onEntry, join);
@@ -67,7 +79,7 @@ export async function verifyBundle(b: OpenedBundle, opts: VerifyOptions = {}): P
     await checkGraphs(b, relied);
   }
   const count = b.volumes?.list.length;
-  return { fingerprint, entries, bytes, ...(count ? { volumes: { count, checked: b.tars.map((t) => t.volume!) } } : {}) };
+  return { fingerprint, entries, bytes, skipped, ...(count ? { volumes: { count, checked: b.tars.map((t) => t.volume!) } } : {}) };
 }
 
 /** Returns the key's fingerprint once bundle.json is proven to be signed by it. */

@@ -141,7 +141,7 @@ export default class Install extends AirgapCommand {
     }
     const summary = {
       dryRun: flags['dry-run'],
-      bundle: { path: bundle.file, sha256: ctx.bundleSha256, signer: ctx.fingerprint ?? null, verified: Boolean(publicKey), ...(ctx.volumes ? { volumes: ctx.volumes.length } : {}) },
+      bundle: { path: bundle.file, sha256: ctx.bundleSha256 ?? null, manifestSha256: ctx.manifestSha256, signer: ctx.fingerprint ?? null, verified: Boolean(publicKey), ...(ctx.volumes ? { volumes: ctx.volumes.length } : {}) },
       release: { version: m.release.version, tag: m.release.tag },
       ...(m.base ? { base: { release: m.base.release, manifestSha256: m.base.manifestSha256, found: ctx.relied ? { manifests: ctx.relied.manifests, blobs: ctx.relied.blobs, artifacts: ctx.relied.artifacts } : undefined } } : {}),
       plan: flags['dry-run']

@@ -8,11 +8,13 @@ export interface Receipt {
   finishedAt: string;
   /**
    * The bundle file's sha256 and size; for a split bundle, which has no one file, the sha256 of the
-   * bundle.json every volume carries, the volumes' total size, and each volume's own.
+   * bundle.json every volume carries, the volumes' total size, and each volume's own. A file's
+   * sha256 is null when the run had nothing to send, so read only bundle.json and the chart;
+   * `manifestSha256` (bundle.json's, which lists every entry's sha256) identifies the bundle always.
    */
-  bundle: { path: string; sha256: string; size: number; volumes?: { path: string; sha256: string; size: number }[]; signer: string | null; verified: boolean; release: { version: string; tag: string } };
+  bundle: { path: string; sha256: string | null; manifestSha256: string; size: number; volumes?: { path: string; sha256: string | null; size: number }[]; signer: string | null; verified: boolean; release: { version: string; tag: string } };
   registry: { endpoint: string; images: { name: string; repository: string; tag: string; digest: string; blobs: { uploaded: number; mounted: number; existed: number }; bytesUploaded: number }[] } | null;
-  storage: { endpoint: string; bucket: string; objects: { key: string; sha256: string; size: number; how: 'uploaded' | 'skipped' }[] } | null;
+  storage: { endpoint: string; bucket: string; objects: { key: string; sha256: string; size: number; how: 'uploaded' | 'skipped'; etag?: string }[] } | null;
   values: { path: string; set: { path: string; value: unknown }[]; unknown: string[]; schemaErrors: string[] } | null;
   env: { path: string } | null;
   /** A delta: its base, and how many relied-on items were found in the target before anything was written. */

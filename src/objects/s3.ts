@@ -206,7 +206,8 @@ export class S3Sink {
   readonly bucket: string;
   private readonly endpoint: string;
   private readonly region: string;
-  private readonly partSize: number;
+  /** Objects larger than this go up in parts, one multipart upload at a time. */
+  readonly partSize: number;
   private readonly queueSize: number;
   private readonly client: S3Client;
   /**

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { copyFile, mkdir, open, readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { GetObjectCommand } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, GetObjectCommand } from '@aws-sdk/client-s3';
 import { beforeAll, describe, expect, inject, it } from 'vitest';
 import { openBundle } from '../../src/bundle/reader.ts';
 import { installArgs, installEnv, objectsIn, repoExists, s3 } from './install-target.ts';
@@ -74,12 +74,34 @@ describe('install: bundle → TLS registry, S3 and values.yaml', () => {
     expect(r.stderr).not.toContain(bed.private.password);
   });
 
-  it('a second install pushes 0 blobs and uploads 0 objects', async () => {
-    const r = await runCli([...installArgs(good, join(keys, 'bundle.pub'), prefix, bucket, out), '--json'], { env: installEnv });
+  it('a second install sends nothing and reads none of the payload: damage there goes unread, but not once a key must be sent again', async () => {
+    const b = await openBundle(good);
+    const blob = b.manifest.entries.filter((e) => e.path.startsWith('images/blobs/')).sort((x, y) => y.size - x.size)[0]!.path;
+    const [first, second] = b.manifest.artifacts;
+    // Damage the target already holds: the re-run must not need (so not read) these bytes.
+    const damaged = await flipped(blob, first!.path);
+    const r = await runCli([...installArgs(damaged, join(keys, 'bundle.pub'), prefix, bucket, out), '--json'], { env: installEnv });
     expect(r.code, r.stderr).toBe(0);
-    const summary = JSON.parse(r.stdout) as Summary;
+    const summary = JSON.parse(r.stdout) as Summary & { bundle: { sha256: string | null; manifestSha256: string } };
     expect(summary.images!.reduce((n, i) => n + i.blobsUploaded, 0)).toBe(0);
-    expect(summary.artifacts).toMatchObject({ uploaded: 0 });
+    expect(summary.artifacts).toEqual({ uploaded: 0, skipped: b.manifest.artifacts.length });
+    // Not read whole, so no file sha256; bundle.json's (signed, listing every entry's) names the bundle.
+    expect(summary.bundle.sha256).toBeNull();
+    expect(summary.bundle.manifestSha256).toBe(sha256(b.manifestBytes));
+    const receipt = JSON.parse(await readFile(summary.receipt!, 'utf8')) as { storage: { objects: { etag?: string }[] } };
+    expect(receipt.storage.objects.every((o) => /^[0-9a-f]{32}(-\d+)?$/.test(o.etag ?? ''))).toBe(true);
+
+    // One object gone from the target: it must be sent, so it is read and checked first.
+    await s3.send(new DeleteObjectCommand({ Bucket: bucket, Key: second!.key }));
+    const bad = await runCli(installArgs(await flipped(second!.path), join(keys, 'bundle.pub'), prefix, bucket, out), { env: installEnv });
+    expect(bad.code).toBe(3);
+    expect(bad.stderr).toContain(second!.path);
+    expect((await objectsIn(bucket)).map((o) => o.Key)).not.toContain(second!.key);
+    const again = await runCli([...installArgs(good, join(keys, 'bundle.pub'), prefix, bucket, out), '--json'], { env: installEnv });
+    expect(again.code, again.stderr).toBe(0);
+    const s2 = JSON.parse(again.stdout) as Summary & { bundle: { sha256: string | null } };
+    expect(s2.artifacts).toEqual({ uploaded: 1, skipped: b.manifest.artifacts.length - 1 });
+    expect(s2.bundle.sha256).toBe(sha256(await readFile(good)));
   });
 });
 
@@ -89,16 +111,19 @@ async function runTarValues(): Promise<string> {
   return (await readArchiveFiles(b.open(b.manifest.release.archive.path), ['cartesia/values.yaml'])).files.get('cartesia/values.yaml')!;
 }
 
-/** A copy of the good bundle with one byte flipped inside entry `path`. */
-async function flipped(path: string): Promise<string> {
-  const loc = (await openBundle(good)).entry(path)!;
+/** A copy of the good bundle with one byte flipped inside each entry of `paths`. */
+async function flipped(...paths: string[]): Promise<string> {
+  const bundle = await openBundle(good);
   const copy = join(work, `flipped-${randomBytes(3).toString('hex')}.tar`);
   await copyFile(good, copy);
   const fh = await open(copy, 'r+');
-  const b = Buffer.alloc(1);
-  await fh.read(b, 0, 1, loc.offset + Math.floor(loc.size / 2));
-  b[0] = b[0]! ^ 0x01;
-  await fh.write(b, 0, 1, loc.offset + Math.floor(loc.size / 2));
+  for (const path of paths) {
+    const loc = bundle.entry(path)!;
+    const b = Buffer.alloc(1);
+    await fh.read(b, 0, 1, loc.offset + Math.floor(loc.size / 2));
+    b[0] = b[0]! ^ 0x01;
+    await fh.write(b, 0, 1, loc.offset + Math.floor(loc.size / 2));
+  }
   await fh.close();
   return copy;
 }

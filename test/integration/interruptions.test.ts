@@ -44,28 +44,26 @@ let images: Map<string, { tag: string; digest: string; blobs: Map<string, number
 const BUNDLE_PHASES: Phase[] = [
   { name: 'release', start: /Resolve the release and check it against SHA256SUMS$/ },
   { name: 'plan', start: /Plan the images and artifacts$/ },
-  { name: 'images', start: /Fetch the images$/ },
-  { name: 'artifacts', start: /Fetch the customer artifacts$/ },
+  { name: 'fetch', start: /Fetch the images and the customer artifacts$/ },
   { name: 'write', start: /Write the bundle$/ },
 ];
 const INSTALL_PHASES: Phase[] = [
-  { name: 'verify', start: /Verify the bundle \(signature, then every entry\)$/ },
+  { name: 'plan', start: /Check the signature and ask the target what it already holds$/ },
+  { name: 'verify', start: /Verify the bundle \(signature, then every entry to be sent\)$/ },
   { name: 'render', start: /Render values\.yaml from the bundled chart$/ },
-  { name: 'images', start: /Push \d+ images to / },
-  { name: 'artifacts', start: /Upload \d+ artifacts$/ },
+  { name: 'send', start: /Send the images and the artifacts$/ },
   { name: 'write', start: /Write values, \.env and the receipt$/ },
 ];
 const PHASE_TEXT: Record<string, string> = {
   'bundle release': 'release fetch and SHA256SUMS check',
   'bundle plan': 'planning (manifests, space check)',
-  'bundle images': 'image pulls into the cache',
-  'bundle artifacts': 'artifact downloads into the cache',
+  'bundle fetch': 'image pulls and artifact downloads into the cache (side by side)',
   'bundle write': 'signing and tar writing',
   'bundle done': 'after the bundle was complete (renamed)',
+  'install plan': 'signature check and asking the target what it holds',
   'install verify': 'verification',
   'install render': 'values rendering (in memory)',
-  'install images': 'image pushes',
-  'install artifacts': 'artifact uploads',
+  'install send': 'image pushes and artifact uploads (side by side)',
   'install write': 'writing values, .env, receipt',
 };
 
@@ -79,27 +77,27 @@ const upTo = (n: number) => 1 + Math.floor(rand() * n);
 const bundleScenarios: Spec[][] = [
   [time('release')],
   [time('plan')],
-  [time('images')],
-  [time('images')],
-  [file('images', 'ingest', 'partial blob in the cache', upTo(6))],
-  [time('artifacts')],
-  [file('artifacts', 'tmp', 'object download', upTo(10))],
+  [time('fetch')],
+  [time('fetch')],
+  [file('fetch', 'ingest', 'partial blob in the cache', upTo(6))],
+  [time('fetch')],
+  [file('fetch', 'tmp', 'object download', upTo(10))],
   [file('write', 'out', 'bundle .partial file', 1, /\.partial$/)],
   [time('write')],
   [time('write')],
-  [time('images'), file('write', 'out', 'bundle .partial file', 1, /\.partial$/)],
+  [time('fetch'), file('write', 'out', 'bundle .partial file', 1, /\.partial$/)],
 ];
 const installScenarios: Spec[][] = [
   [time('verify')],
   [time('render')],
-  [time('images')],
-  [time('images')],
-  [time('images')],
-  [time('images')],
-  [time('artifacts')],
-  [time('artifacts')],
+  [time('send')],
+  [time('send')],
+  [time('send')],
+  [time('send')],
+  [time('send')],
+  [time('send')],
   [file('write', 'out', 'temp file of values.yaml', 1)],
-  [time('images'), time('artifacts'), file('write', 'out', 'temp file of values.yaml', 1)],
+  [time('send'), time('send'), file('write', 'out', 'temp file of values.yaml', 1)],
 ];
 
 interface Row { command: string; n: number; phase: string; landed: string; trigger: string; used: string; chained: boolean; attempts: number; again: number; rerun: number; inflight: number }
