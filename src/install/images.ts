@@ -58,7 +58,8 @@ export async function pushImages(
   },
 ): Promise<PushedImage[]> {
   const client = opts.client ?? (await registryClient(target.host, opts.transport, { login: opts.login, ...(opts.endpoint ? { endpoint: opts.endpoint } : {}) }));
-  const layoutReader = new LayoutReader(layout);
+  // install verified every blob it sends just before; the registry checks each digest again.
+  const layoutReader = new LayoutReader(layout, { verifiedBlobs: true });
   // A delta's unchanged images are tagged from the manifests already in the target.
   const src = opts.locate ? new FallbackSource(layoutReader, opts.locate) : layoutReader;
   const { locate } = opts;

@@ -93,6 +93,7 @@ export async function copyGraph(src: ReadTarget, dst: WriteTarget, srcReference:
           const origin = src.origin ?? opts.mountFrom?.(desc);
           const pushed = await dst.pushBlob(desc, (offset) => src.openBlob(desc, offset), {
             ...(origin ? { origin } : {}),
+            ...(src.verifiedBlobs ? { verified: true } : {}),
             onBytes: (bytes) => emit({ type: 'blob-bytes', digest: desc.digest, bytes, size: desc.size }),
           });
           how = pushed.how;

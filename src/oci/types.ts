@@ -57,6 +57,11 @@ export interface ReadTarget {
   fetchManifest(desc: Descriptor): Promise<Buffer>;
   /** The blob's bytes from `offset`, unverified: destinations verify while they write. */
   openBlob(desc: Descriptor, offset: number): Promise<Readable>;
+  /**
+   * Set when every blob here was hashed against its digest just before (install's bundle, verified
+   * first): a destination that checks digests on its own side (a registry) need not hash them again.
+   */
+  readonly verifiedBlobs?: boolean;
 }
 
 /** Write side of a store. Every method is idempotent and verifies digests before committing. */
@@ -69,7 +74,7 @@ export interface WriteTarget {
    * the digest unless it verified. With `origin`, a remote destination on the same registry tries
    * a cross-repository mount first.
    */
-  pushBlob(desc: Descriptor, open: OpenBlob, opts?: { origin?: BlobOrigin; onBytes?: OnBytes }): Promise<PushBlobResult>;
+  pushBlob(desc: Descriptor, open: OpenBlob, opts?: { origin?: BlobOrigin; onBytes?: OnBytes; verified?: boolean }): Promise<PushBlobResult>;
   /** Stores a manifest or index by digest (exact bytes); it must already be verified. */
   pushManifest(desc: Descriptor, bytes: Buffer): Promise<void>;
   /** Points `reference` (a tag or layout ref name) at a stored manifest: always the last step. */

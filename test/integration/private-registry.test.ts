@@ -1,6 +1,11 @@
+import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
 import { describe, expect, inject, it } from 'vitest';
+import { Transport } from '../../src/oci/http/transport.ts';
+import { uploadBlob } from '../../src/oci/registry/upload.ts';
+import { registryClient } from '../../src/oci/stores.ts';
 import { authFile, basic, fetchRaw, sha256, skopeo } from './helpers.ts';
 
 const bed = inject('testbed');
@@ -45,5 +50,23 @@ describe('plain-HTTP registry without auth', () => {
     expect(await skopeo(['copy', '--all', '--preserve-digests', '--quiet', '--dest-tls-verify=false', `oci:${layout}:${worker.repository}:${worker.tag}`, dest])).toMatchObject({ ok: true });
     const raw = await skopeo(['inspect', '--raw', '--tls-verify=false', dest]);
     expect(raw.ok && sha256(raw.stdout)).toBe(worker.digest.slice('sha256:'.length));
+  });
+
+  // install pushes blobs it hashed moments before without hashing them again: this registry's
+  // own digest check is then what stands between a bundle changed since and a stored blob.
+  it('checks the digest itself: a blob whose bytes differ from the digest pushed unhashed (verified: true) is refused and not stored', async () => {
+    const transport = await Transport.create({}, {});
+    try {
+      const client = await registryClient(bed.private.host, transport, { login: { credential: { username: bed.private.username, password: bed.private.password } }, endpoint: { caFile: bed.caFile } });
+      const good = Buffer.from(`good bytes ${Date.now()}`);
+      const bad = Buffer.from(good).fill(0x41, 0, 4);
+      const desc = { mediaType: 'application/octet-stream', digest: `sha256:${createHash('sha256').update(good).digest('hex')}`, size: good.length };
+      await expect(uploadBlob(client, 'verified/blob', desc, async () => Readable.from([bad]), { verified: true })).rejects.toThrow(/digest|400|invalid/i);
+      const head = await fetchRaw(`https://${bed.private.host}/v2/verified/blob/blobs/${desc.digest}`, { ca: await readFile(bed.caFile), method: 'HEAD', headers: { authorization: basic(bed.private.username, bed.private.password) } });
+      expect(head.status).toBe(404);
+      await expect(uploadBlob(client, 'verified/blob', desc, async () => Readable.from([good]), { verified: true })).resolves.toMatchObject({ how: 'uploaded' });
+    } finally {
+      await transport.close();
+    }
   });
 });

@@ -11,10 +11,13 @@ export const blobPath = (digest: string): string => `blobs/sha256/${digestHex(di
 export class LayoutReader implements ReadTarget {
   readonly files: LayoutFiles;
   readonly description: string;
+  readonly verifiedBlobs: boolean;
 
-  constructor(files: LayoutFiles) {
+  /** `verifiedBlobs`: the caller hashed every blob against its digest already (see ReadTarget). */
+  constructor(files: LayoutFiles, opts: { verifiedBlobs?: boolean } = {}) {
     this.files = files;
     this.description = files.description;
+    this.verifiedBlobs = opts.verifiedBlobs ?? false;
   }
 
   async index(): Promise<ImageIndex> {

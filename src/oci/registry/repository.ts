@@ -98,7 +98,7 @@ export class RemoteRepository implements ReadTarget, WriteTarget {
     return this.#exists('manifests', desc);
   }
 
-  pushBlob(desc: Descriptor, open: OpenBlob, opts: { origin?: BlobOrigin; onBytes?: OnBytes } = {}): Promise<PushBlobResult> {
+  pushBlob(desc: Descriptor, open: OpenBlob, opts: { origin?: BlobOrigin; onBytes?: OnBytes; verified?: boolean } = {}): Promise<PushBlobResult> {
     return uploadBlob(this.client, this.repository, desc, open, { ...opts, ...this.#opts });
   }
 

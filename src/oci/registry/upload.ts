@@ -12,13 +12,18 @@ export interface UploadOptions {
   /** Chunked (POST, PATCH…, PUT) instead of one monolithic PUT. */
   chunked?: boolean;
   chunkSize?: number;
+  /**
+   * The source's bytes were hashed against the digest just before: not hashed again here. The
+   * registry still checks the digest before it commits the blob (Distribution spec).
+   */
+  verified?: boolean;
 }
 
 const DEFAULT_CHUNK = 16 << 20;
 const ATTEMPTS = 3;
 
 /** The source stream, verified and counted on its way to the registry. */
-function verifiedSource(src: Readable, desc: Descriptor, onBytes: OnBytes | undefined, count: (n: number) => void): Readable {
+function verifiedSource(src: Readable, desc: Descriptor, onBytes: OnBytes | undefined, count: (n: number) => void, verified = false): Readable {
   let position = 0;
   const counter = new Transform({
     transform(chunk: Buffer, _e, done) {
@@ -28,9 +33,8 @@ function verifiedSource(src: Readable, desc: Descriptor, onBytes: OnBytes | unde
       done(null, chunk);
     },
   });
-  const verifier = new VerifyingStream(desc);
   // Errors anywhere (a corrupt source, a reset) reach the request body, which aborts the upload.
-  return pipeline(src, counter, verifier, () => {});
+  return verified ? pipeline(src, counter, () => {}) : pipeline(src, counter, new VerifyingStream(desc), () => {});
 }
 
 /** Resolves an upload Location (often relative) and adds query parameters to it. */
@@ -69,7 +73,7 @@ export async function uploadBlob(client: RegistryClient, repository: string, des
       if (!location) throw new OciError('REGISTRY', `${client.registry} started an upload without a Location`);
       const count = (n: number) => void (bytesTransferred += n);
       if (!chunked) {
-        const body = verifiedSource(await open(0), desc, opts.onBytes, count);
+        const body = verifiedSource(await open(0), desc, opts.onBytes, count, opts.verified);
         const res = await client.send({
           method: 'PUT',
           path: withQuery(client, location, { digest: desc.digest }),
@@ -90,7 +94,7 @@ export async function uploadBlob(client: RegistryClient, repository: string, des
         throw await registryError(res, `upload of ${desc.digest} to ${client.registry}/${repository} failed`);
       }
       const size = Math.max(opts.chunkSize ?? DEFAULT_CHUNK, minChunk);
-      await uploadChunks(client, push, location, desc, verifiedSource(await open(0), desc, opts.onBytes, count), size);
+      await uploadChunks(client, push, location, desc, verifiedSource(await open(0), desc, opts.onBytes, count, opts.verified), size);
       return { how: 'uploaded', bytesTransferred };
     } catch (err) {
       if (location) void client.send({ method: 'DELETE', path: location, scopes: push }).then(drain, () => {});
