@@ -157,7 +157,7 @@ describe('openBundle and verifyBundle: good bundles', () => {
 
     const progress = new Map<string, number>();
     const r = await verifyBundle(b, { publicKey: pubA, onEntry: (p, got, total) => progress.set(p, total - got) });
-    expect(r).toEqual({ fingerprint: keyA.fingerprint, entries: b.manifest.entries.length, bytes: b.manifest.entries.reduce((s, e) => s + e.size, 0) });
+    expect(r).toEqual({ fingerprint: keyA.fingerprint, entries: b.manifest.entries.length, bytes: b.manifest.entries.reduce((s, e) => s + e.size, 0), skipped: 0 });
     expect([...progress.keys()]).toEqual(b.manifest.entries.map((e) => e.path));
     expect([...progress.values()].every((left) => left === 0)).toBe(true);
     // Without a key the caller skipped the check: the claimed signer is reported.
@@ -195,6 +195,14 @@ describe('verifyBundle: signatures and hashes', () => {
     expect(await verifyError(await flipped('bundle.json.sig', 10))).toMatch(/^bundle\.json\.sig does not verify bundle\.json/);
     // A change that breaks the JSON is refused while opening, naming bundle.json.
     expect(await openError(await flipped('bundle.json', 0))).toMatch(/^bundle\.json is not valid UTF-8 JSON/);
+  });
+
+  it('with `only`, hashes just the entries it accepts: damage elsewhere goes unread, damage there is refused', async () => {
+    const damaged = await openBundle(await flipped(ART, 4095));
+    const release = 'release/cartesia-kube-1.0.0.tar.gz';
+    const r = await verifyBundle(damaged, { publicKey: pubA, only: (p) => p === release });
+    expect(r).toMatchObject({ entries: 1, skipped: damaged.manifest.entries.length - 1, bytes: damaged.entry(release)!.size });
+    await expect(verifyBundle(damaged, { publicKey: pubA, only: (p) => p === ART })).rejects.toThrow(/is damaged or changed/);
   });
 
   it.each([['SHA256SUMS', 3], [ART, 4095], ['release/cartesia-kube-1.0.0.tar.gz', 0]])('refuses a flipped byte in %s, naming it', async (path, at) => {
