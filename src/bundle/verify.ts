@@ -8,6 +8,7 @@
  * one. A volume opened alone is checked just as far as it goes.
  */
 import { createHash, type Hash, type KeyObject } from 'node:crypto';
+import { open } from 'node:fs/promises';
 import { parseManifest as parseOciManifest } from '../oci/graph.ts';
 import { REF_NAME, parseIndexJson } from '../oci/layout/index-json.ts';
 import { LayoutReader } from '../oci/layout/reader.ts';
@@ -18,6 +19,7 @@ import { keyFingerprint } from './keys.ts';
 import { SIGNATURE_PATH, type AnyManifest } from './manifest.ts';
 import { BundleError, type BundleTar, type OpenedBundle } from './reader.ts';
 import { verifyManifest } from './sign.ts';
+import { RangeReader } from '../util/read-range.ts';
 
 export interface VerifyOptions {
   /** Absent: the caller chose to skip the signature (--insecure-skip-signature). */
@@ -58,20 +60,29 @@ export async function verifyBundle(b: OpenedBundle, opts: VerifyOptions = {}): P
   const joined = new Map<string, Hash>();
   for (const t of b.tars) {
     const where = t.label ? `${t.label}: ` : '';
-    for (const e of t.listing) {
-      if (opts.only && !opts.only(e.piece?.of ?? e.path)) {
-        skipped++;
-        continue;
+    // One open file and two reused buffers for all of this tar's entries.
+    const fh = await open(t.file, 'r').catch((err: unknown) => {
+      throw new BundleError('IO', `cannot open ${t.file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
+    });
+    try {
+      const reader = new RangeReader(fh);
+      for (const e of t.listing) {
+        if (opts.only && !opts.only(e.piece?.of ?? e.path)) {
+          skipped++;
+          continue;
+        }
+        const whole = e.piece && b.complete ? sizes.get(e.piece.of) : undefined;
+        const join = whole && (joined.get(whole.path) ?? joined.set(whole.path, createHash('sha256')).get(whole.path)!);
+        await hashEntry(t, reader, e.path, e.size, e.sha256, where, opts.onEntry, join);
+        if (whole && join && e.piece!.offset + e.size === whole.size) {
+          const got = join.digest('hex');
+          if (got !== whole.sha256) throw bad(`bundle.json contradicts itself: the pieces of ${whole.path} verify one by one but join to sha256 ${got}, not the ${whole.sha256} it lists`);
+        }
+        bytes += e.size;
+        entries++;
       }
-      const whole = e.piece && b.complete ? sizes.get(e.piece.of) : undefined;
-      const join = whole && (joined.get(whole.path) ?? joined.set(whole.path, createHash('sha256')).get(whole.path)!);
-      await hashEntry(t, e.path, e.size, e.sha256, where, opts.onEntry, join);
-      if (whole && join && e.piece!.offset + e.size === whole.size) {
-        const got = join.digest('hex');
-        if (got !== whole.sha256) throw bad(`bundle.json contradicts itself: the pieces of ${whole.path} verify one by one but join to sha256 ${got}, not the ${whole.sha256} it lists`);
-      }
-      bytes += e.size;
-      entries++;
+    } finally {
+      await fh.close();
     }
   }
   if (b.complete) {
@@ -123,27 +134,26 @@ function checkPromises(b: OpenedBundle, relied: Set<string>): void {
 }
 
 /**
- * Streams one tar entry from its offset; never holds more than one read in memory. `join` also
- * gets the bytes, for an entry in pieces. `where` names the volume in messages.
+ * Hashes one tar entry, read from its offset; never holds more than two reads in memory. `join`
+ * also gets the bytes, for an entry in pieces. `where` names the volume in messages.
  */
-async function hashEntry(t: BundleTar, path: string, size: number, sha256: string, where: string, onEntry: VerifyOptions['onEntry'], join?: Hash): Promise<void> {
+async function hashEntry(t: BundleTar, reader: RangeReader, path: string, size: number, sha256: string, where: string, onEntry: VerifyOptions['onEntry'], join?: Hash): Promise<void> {
   const hash = createHash('sha256');
   let n = 0;
   onEntry?.(path, 0, size);
-  const stream = t.files.stream(path);
+  const at = t.extent(path);
+  if (!at) throw bad(`${where}${path} is listed in bundle.json but not in the tar`);
   try {
-    for await (const chunk of stream as AsyncIterable<Buffer>) {
+    await reader.read(at.offset, at.size, (chunk) => {
       n += chunk.length;
       hash.update(chunk);
       join?.update(chunk);
       onEntry?.(path, n, size);
-    }
+    });
   } catch (err) {
     throw new BundleError('IO', `reading ${path} from ${t.file} failed: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
-  } finally {
-    stream.destroy();
   }
-  // The stream stops at the entry's end, so fewer bytes means the file shrank after the scan.
+  // Other than listed: the file shrank after the scan, or the tar entry is not the one listed.
   if (n !== size) throw bad(`${where}${path}: only ${n} of its ${size} bytes could be read (the bundle file was truncated or changed)`);
   const got = hash.digest('hex');
   if (got !== sha256) throw bad(`${where}${path} is damaged or changed: its sha256 is ${got}, bundle.json says ${sha256}`);

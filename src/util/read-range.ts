@@ -1,0 +1,41 @@
+/**
+ * Reads `length` bytes of an open file from `start`, handing each chunk to `use` before the buffer
+ * is reused. Two buffers alternate so the next read (on libuv's thread pool) runs while `use`
+ * (a hash update, on the main thread) works on the current one: no stream, no allocation per
+ * chunk, one open file for many ranges. `use` must not keep the chunk.
+ */
+import type { FileHandle } from 'node:fs/promises';
+
+export const RANGE_CHUNK = 1 << 20;
+
+export class RangeReader {
+  readonly #fh: FileHandle;
+  readonly #buffers = [Buffer.allocUnsafeSlow(RANGE_CHUNK), Buffer.allocUnsafeSlow(RANGE_CHUNK)];
+
+  constructor(fh: FileHandle) {
+    this.#fh = fh;
+  }
+
+  /** Resolves with the bytes read, fewer than `length` only when the file ends first. */
+  async read(start: number, length: number, use: (chunk: Buffer) => void): Promise<number> {
+    const fill = (k: number, at: number): Promise<number> => this.#fh.read(this.#buffers[k]!, 0, Math.min(RANGE_CHUNK, length - at), start + at).then((r) => r.bytesRead);
+    let done = 0;
+    let k = 0;
+    let pending: Promise<number> | undefined = length > 0 ? fill(k, 0) : undefined;
+    while (pending) {
+      const n = await pending;
+      if (n === 0) break;
+      const chunk = this.#buffers[k]!.subarray(0, n);
+      done += n;
+      k ^= 1;
+      pending = done < length ? fill(k, done) : undefined;
+      try {
+        use(chunk);
+      } catch (err) {
+        await pending?.catch(() => {}); // no read left running into a buffer after we return
+        throw err;
+      }
+    }
+    return done;
+  }
+}
