@@ -15,7 +15,8 @@ import { OciError } from '../oci/errors.ts';
 import { CodedError } from '../util/errors.ts';
 import { MANIFEST_PATH, SIGNATURE_PATH, SPLIT_FORMAT_VERSION, splitManifestSchema, SUMS_PATH, type BundleEntry, type BundleManifest, type SplitManifest, type VolumeEntry } from './manifest.ts';
 import { signManifest } from './sign.ts';
-import { planVolumes, tarHeaderBytes, volumeFile, type PlannedVolume } from './volumes.ts';
+import { tarHeaderBytes } from '../tar/header.ts';
+import { planVolumes, volumeFile, type PlannedVolume } from './volumes.ts';
 import { buildManifest, checkEntries, checkMtime, manifestJson, sumsFor, syncDir, writeTarFile, type EntrySource, type WriteBundleOptions, type WriteBundleResult } from './writer.ts';
 
 export interface WriteVolumesOptions extends WriteBundleOptions {
