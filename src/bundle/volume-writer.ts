@@ -161,6 +161,7 @@ function pieceSource(whole: EntrySource, piece: VolumeEntry): EntrySource {
     size: piece.size,
     sha256: piece.sha256,
     open: async (at = 0) => Readable.from(take(await whole.open(start + at), piece.size - at), { objectMode: false }),
+    ...(whole.file ? { file: { path: whole.file.path, offset: whole.file.offset + start, endsFile: false } } : {}),
   };
 }
 

@@ -2,11 +2,12 @@
  * The bytes of one tar file as it is written: gathered into large buffers, each written with one
  * positional write and hashed (sha256) on its way out, so the file's digest costs no second read.
  *
- * Per-chunk stream machinery, many small writes and hashing everything on the main thread were
- * what made the bundle writer slow. Here every byte is copied once into one of a few 1 MiB
- * buffers (shared memory); a full buffer is written by libuv's threads and hashed by a worker
- * thread (hash-thread.ts) while the caller fills the next one, and is filled again only when both
- * are done. A tar smaller than one buffer is hashed in place: it is not worth a thread.
+ * Per-chunk stream machinery (a fresh buffer per chunk, then garbage), many small writes and
+ * hashing everything on the main thread were what made the bundle writer slow. Here bytes land
+ * in one of a few 1 MiB buffers (shared memory), read there straight from a local file (`fill`)
+ * or copied (`append`); a full buffer is written by libuv's threads and hashed by a worker thread
+ * (hash-thread.ts) while the caller fills the next one, and is filled again only when both are
+ * done. A tar smaller than one buffer is hashed in place: it is not worth a thread.
  */
 import { createHash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
@@ -50,6 +51,18 @@ export class TarOutput {
       off += n;
       if (this.#filled === BUFFER) await this.#flush();
     }
+  }
+
+  /**
+   * Lets `read` put bytes straight into the free part of the current buffer (no copy); it returns
+   * how many it put there, 0 for none. Resolves to that count.
+   */
+  async fill(read: (room: Buffer) => Promise<number>): Promise<number> {
+    if (this.#failure) throw this.#failure;
+    const n = await read(this.#buffers[this.#current]!.subarray(this.#filled));
+    this.#filled += n;
+    if (this.#filled === BUFFER) await this.#flush();
+    return n;
   }
 
   /** Writes what is buffered and waits for every write; the file's size and sha256. */

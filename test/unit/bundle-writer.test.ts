@@ -144,14 +144,17 @@ describe('writeBundle', () => {
     expect((await run('sha256sum', [a.path, b.path])).split('\n').map((l) => l.split(' ')[0]).filter(Boolean)).toEqual([a.sha256, a.sha256]);
   });
 
-  it.each([
+  // A local file is read in place (EntrySource.file); any other source through its stream.
+  const streamOnly = ({ file: _file, ...e }: EntrySource): EntrySource => e;
+  it.each(([
     ['sha256', (e: EntrySource) => ({ ...e, sha256: 'f'.repeat(64) }), /sha256 [0-9a-f]{64}, declared f{64}/, 'DIGEST_MISMATCH'],
     ['size (source shorter)', (e: EntrySource) => ({ ...e, size: e.size + 1 }), /4096 bytes, declared 4097/, 'SIZE_MISMATCH'],
     ['size (source longer)', (e: EntrySource) => ({ ...e, size: e.size - 1 }), /more than the declared 4095 bytes/, 'SIZE_MISMATCH'],
-  ] as const)('aborts on a %s mismatch naming the entry, leaving neither the output nor the partial', async (_what, corrupt, message, code) => {
+  ] as const).flatMap(([what, ...c]) => [[`${what} mismatch (file source)`, ...c, 'file'] as const, [`${what} mismatch (stream source)`, ...c, 'stream'] as const]))('aborts on a %s naming the entry, leaving neither the output nor the partial', async (_what, corrupt, message, code, kind) => {
     const fx = await fixture();
     const i = fx.entries.findIndex((e) => e.path === LONG_PREFIXED);
-    fx.entries[i] = corrupt(fx.entries[i]!);
+    expect(fx.entries[i]!.file).toBeDefined();
+    fx.entries[i] = corrupt(kind === 'file' ? fx.entries[i]! : streamOnly(fx.entries[i]!));
     fx.manifest.artifacts = fx.manifest.artifacts.map((a) => (a.path === LONG_PREFIXED ? { ...a, size: fx.entries[i]!.size, sha256: fx.entries[i]!.sha256 } : a));
     const output = join(fx.dir, 'release.tar');
     const err = await rejection(writeBundle({ output, manifest: fx.manifest, entries: fx.entries, mtime: MTIME }));
@@ -168,9 +171,18 @@ describe('writeBundle', () => {
       yield Buffer.alloc(10);
       throw new Error('connection reset');
     })());
-    fx.entries[0] = { ...fx.entries[0]!, open: async () => failing };
+    fx.entries[0] = { ...streamOnly(fx.entries[0]!), open: async () => failing };
     const err = await rejection(writeBundle({ output: join(fx.dir, 'out.tar'), manifest: fx.manifest, entries: fx.entries, mtime: MTIME }));
     expect(err.message).toBe('reading release/cartesia-kube-1.4.2.tar.gz for the bundle failed: connection reset');
+    expect((await readdir(fx.dir)).filter((f) => f.startsWith('out.tar'))).toEqual([]);
+  });
+
+  it('cleans up when a source file has gone', async () => {
+    const fx = await fixture();
+    await rm(fx.entries[1]!.file!.path);
+    const err = await rejection(writeBundle({ output: join(fx.dir, 'out.tar'), manifest: fx.manifest, entries: fx.entries, mtime: MTIME }));
+    expect(isOciError(err, 'NOT_FOUND')).toBe(true);
+    expect(err.message).toMatch(/^reading release\/VERSION for the bundle failed: ENOENT: no such file or directory, open '[^']+'$/);
     expect((await readdir(fx.dir)).filter((f) => f.startsWith('out.tar'))).toEqual([]);
   });
 
