@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { basename } from 'node:path';
+import { basename, join } from 'node:path';
 import { Readable } from 'node:stream';
 import type { LoginOptions } from '../oci/auth/credentials.ts';
 import { registryClient } from '../oci/stores.ts';
@@ -127,6 +127,7 @@ export async function imageEntries(planned: PlannedImage[], cacheDir: string): P
       size,
       sha256: digestHex(digest),
       open: (offset = 0) => cache.files.open(`blobs/sha256/${digestHex(digest)}`, offset),
+      file: { path: join(cacheDir, 'blobs', 'sha256', digestHex(digest)), offset: 0, endsFile: true },
     }));
   return { images: images.sort((a, b) => (a.ref < b.ref ? -1 : 1)), entries: [...small, ...blobEntries] };
 }

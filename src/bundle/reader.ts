@@ -27,7 +27,7 @@ export class BundleError extends CodedError<'VERIFY' | 'IO'> {}
 export const MAX_MANIFEST_BYTES = 16 << 20;
 /** A base64 DER P-256 signature is about 100 bytes. */
 const MAX_SIGNATURE_BYTES = 4096;
-/** GNU tar pads archives to its 20-block record; tar-stream (our writer) does not pad at all. */
+/** GNU tar pads archives to its 20-block record; our writer (like tar-stream, which it replaced) does not pad at all. */
 const RECORD = 10240;
 /** The top-level names a bundle may hold after bundle.json and its signature. */
 const ALLOWED_DIRS = ['tool/', 'release/', 'images/', 'artifacts/'];

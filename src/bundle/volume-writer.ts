@@ -15,7 +15,8 @@ import { OciError } from '../oci/errors.ts';
 import { CodedError } from '../util/errors.ts';
 import { MANIFEST_PATH, SIGNATURE_PATH, SPLIT_FORMAT_VERSION, splitManifestSchema, SUMS_PATH, type BundleEntry, type BundleManifest, type SplitManifest, type VolumeEntry } from './manifest.ts';
 import { signManifest } from './sign.ts';
-import { planVolumes, tarHeaderBytes, volumeFile, type PlannedVolume } from './volumes.ts';
+import { tarHeaderBytes } from '../tar/header.ts';
+import { planVolumes, volumeFile, type PlannedVolume } from './volumes.ts';
 import { buildManifest, checkEntries, checkMtime, manifestJson, sumsFor, syncDir, writeTarFile, type EntrySource, type WriteBundleOptions, type WriteBundleResult } from './writer.ts';
 
 export interface WriteVolumesOptions extends WriteBundleOptions {
@@ -160,6 +161,7 @@ function pieceSource(whole: EntrySource, piece: VolumeEntry): EntrySource {
     size: piece.size,
     sha256: piece.sha256,
     open: async (at = 0) => Readable.from(take(await whole.open(start + at), piece.size - at), { objectMode: false }),
+    ...(whole.file ? { file: { path: whole.file.path, offset: whole.file.offset + start, endsFile: false } } : {}),
   };
 }
 

@@ -10,46 +10,17 @@
  * is a pure function of the sizes, so the same inputs always give the same volumes.
  */
 import { basename, dirname, join } from 'node:path';
+import { BLOCK, END_OF_ARCHIVE, tarHeaderBytes } from '../tar/header.ts';
 import { CodedError } from '../util/errors.ts';
 import { SUMS_PATH } from './manifest.ts';
 
-const BLOCK = 512;
-/** The two zero blocks that end a tar (tar-stream pads nothing more). */
-const END = 2 * BLOCK;
+/** The two zero blocks that end a tar (nothing more: no padding to a record size). */
+const END = END_OF_ARCHIVE.length;
 const roundUp = (n: number): number => Math.ceil(n / BLOCK) * BLOCK;
 /** A coreutils SHA256SUMS line: `<64 hex>  <path>\n`. */
 const sumsLine = (path: string): number => 64 + 2 + Buffer.byteLength(path) + 1;
 
 export const PARTS_DIR = 'parts/';
-
-/**
- * Tar bytes tar-stream spends on the header(s) of a file entry named `name`: one ustar block when
- * the name fits ustar's name/prefix fields (split at a `/` the way tar-stream splits it), else a
- * pax header carrying the path, its record, and the ustar block. Checked against tar-stream's
- * output by a unit test, and every volume's size against the plan when it is written.
- */
-export function tarHeaderBytes(name: string): number {
-  if (fitsUstar(name)) return BLOCK;
-  const record = ` path=${name}\n`;
-  const len = Buffer.byteLength(record);
-  // The record starts with its own length in decimal, digits included.
-  let digits = String(len).length;
-  if (len + digits >= 10 ** digits) digits++;
-  return BLOCK + roundUp(len + digits) + BLOCK;
-}
-
-function fitsUstar(name: string): boolean {
-  if (Buffer.byteLength(name) !== name.length) return false; // not ASCII
-  let rest = name;
-  let prefix = '';
-  while (rest.length > 100) {
-    const i = rest.indexOf('/');
-    if (i === -1) return false;
-    prefix += prefix ? `/${rest.slice(0, i)}` : rest.slice(0, i);
-    rest = rest.slice(i + 1);
-  }
-  return prefix.length <= 155;
-}
 
 /** The name of piece `n` (1-based) of `path`, numbered with `width` digits. */
 export const piecePath = (path: string, n: number, width: number): string => `${PARTS_DIR}${path}/${String(n).padStart(width, '0')}`;

@@ -14,8 +14,8 @@
  * new segment first, so every note stays visible.
  */
 import { open, type FileHandle } from 'node:fs/promises';
-import { writeAll } from '../bundle/writer.ts';
 import { readAt } from '../tar/index.ts';
+import { writeAll } from '../tar/output.ts';
 import { CodedError } from '../util/errors.ts';
 
 export class ElfError extends CodedError<'ELF'> {}

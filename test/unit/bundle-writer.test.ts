@@ -9,7 +9,8 @@ import { describe, expect, it, vi } from 'vitest';
 import { generateSigningKeyPair } from '../../src/bundle/keys.ts';
 import { bundleManifestSchema, type BundleManifest } from '../../src/bundle/manifest.ts';
 import { loadSigningKey } from '../../src/bundle/sign.ts';
-import { fileEntry, writeBundle, type EntrySource, type WriteBundleOptions } from '../../src/bundle/writer.ts';
+import { pack as tarPack } from 'tar-stream';
+import { fileEntry, writeBundle, writeTarFile, type EntrySource, type WriteBundleOptions } from '../../src/bundle/writer.ts';
 import { isOciError } from '../../src/oci/errors.ts';
 import { run } from '../testbed/run.ts';
 import { rejection } from './helpers.ts';
@@ -144,14 +145,17 @@ describe('writeBundle', () => {
     expect((await run('sha256sum', [a.path, b.path])).split('\n').map((l) => l.split(' ')[0]).filter(Boolean)).toEqual([a.sha256, a.sha256]);
   });
 
-  it.each([
+  // A local file is read in place (EntrySource.file); any other source through its stream.
+  const streamOnly = ({ file: _file, ...e }: EntrySource): EntrySource => e;
+  it.each(([
     ['sha256', (e: EntrySource) => ({ ...e, sha256: 'f'.repeat(64) }), /sha256 [0-9a-f]{64}, declared f{64}/, 'DIGEST_MISMATCH'],
     ['size (source shorter)', (e: EntrySource) => ({ ...e, size: e.size + 1 }), /4096 bytes, declared 4097/, 'SIZE_MISMATCH'],
     ['size (source longer)', (e: EntrySource) => ({ ...e, size: e.size - 1 }), /more than the declared 4095 bytes/, 'SIZE_MISMATCH'],
-  ] as const)('aborts on a %s mismatch naming the entry, leaving neither the output nor the partial', async (_what, corrupt, message, code) => {
+  ] as const).flatMap(([what, ...c]) => [[`${what} mismatch (file source)`, ...c, 'file'] as const, [`${what} mismatch (stream source)`, ...c, 'stream'] as const]))('aborts on a %s naming the entry, leaving neither the output nor the partial', async (_what, corrupt, message, code, kind) => {
     const fx = await fixture();
     const i = fx.entries.findIndex((e) => e.path === LONG_PREFIXED);
-    fx.entries[i] = corrupt(fx.entries[i]!);
+    expect(fx.entries[i]!.file).toBeDefined();
+    fx.entries[i] = corrupt(kind === 'file' ? fx.entries[i]! : streamOnly(fx.entries[i]!));
     fx.manifest.artifacts = fx.manifest.artifacts.map((a) => (a.path === LONG_PREFIXED ? { ...a, size: fx.entries[i]!.size, sha256: fx.entries[i]!.sha256 } : a));
     const output = join(fx.dir, 'release.tar');
     const err = await rejection(writeBundle({ output, manifest: fx.manifest, entries: fx.entries, mtime: MTIME }));
@@ -168,9 +172,18 @@ describe('writeBundle', () => {
       yield Buffer.alloc(10);
       throw new Error('connection reset');
     })());
-    fx.entries[0] = { ...fx.entries[0]!, open: async () => failing };
+    fx.entries[0] = { ...streamOnly(fx.entries[0]!), open: async () => failing };
     const err = await rejection(writeBundle({ output: join(fx.dir, 'out.tar'), manifest: fx.manifest, entries: fx.entries, mtime: MTIME }));
     expect(err.message).toBe('reading release/cartesia-kube-1.4.2.tar.gz for the bundle failed: connection reset');
+    expect((await readdir(fx.dir)).filter((f) => f.startsWith('out.tar'))).toEqual([]);
+  });
+
+  it('cleans up when a source file has gone', async () => {
+    const fx = await fixture();
+    await rm(fx.entries[1]!.file!.path);
+    const err = await rejection(writeBundle({ output: join(fx.dir, 'out.tar'), manifest: fx.manifest, entries: fx.entries, mtime: MTIME }));
+    expect(isOciError(err, 'NOT_FOUND')).toBe(true);
+    expect(err.message).toMatch(/^reading release\/VERSION for the bundle failed: ENOENT: no such file or directory, open '[^']+'$/);
     expect((await readdir(fx.dir)).filter((f) => f.startsWith('out.tar'))).toEqual([]);
   });
 
@@ -192,7 +205,8 @@ describe('writeBundle', () => {
     })()) };
     const realWrite = proto.write;
     const spy = vi.spyOn(proto, 'write').mockImplementation(function (this: FileHandle, ...args: unknown[]) {
-      if ((args[0] as Buffer).length >= 1 << 20) {
+      // The first large write fails: the writer gathers about 1 MiB per write (its first a little less).
+      if ((args[0] as Buffer).length >= 512 << 10) {
         diskFailed();
         return Promise.reject(Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' }));
       }
@@ -260,5 +274,32 @@ describe('writeBundle', () => {
 
     const err = await rejection(writeBundle({ output: join(fx.dir, 'bad.tar'), manifest: { ...fx.manifest, installer: { ...installer, sha256: 'e'.repeat(64) } }, entries: [tool, ...fx.entries], mtime: MTIME }));
     expect(err.message).toMatch(/^bundle.json names tool\/cartesia-airgap \(1000 bytes, sha256 e{64}\) but the entries disagree$/);
+  });
+
+  it('writes byte for byte what tar-stream (which wrote bundles before) writes for the same entries, from files and streams alike', async () => {
+    const fx = await fixture();
+    const exe = randomBytes(3 << 20); // several of the writer's buffers
+    await writeFile(join(fx.dir, 'exe'), exe);
+    const entries: EntrySource[] = [
+      { ...fileEntry('tool/cartesia-airgap', join(fx.dir, 'exe'), exe.length, sha256(exe)), mode: 0o755 },
+      ...fx.entries.map((e, i) => (i % 2 ? e : { ...e, file: undefined })),
+      { path: 'artifacts/generated/3-chunks', size: 5000, sha256: sha256(Buffer.alloc(5000, 7)), open: async () => Readable.from([Buffer.alloc(1, 7), Buffer.alloc(4098, 7), Buffer.alloc(901, 7)]) },
+    ];
+    const head = [{ path: 'bundle.json', bytes: Buffer.from('{"formatVersion":1}\n') }, { path: 'SHA256SUMS', bytes: Buffer.alloc(0) }];
+    const ours = await writeTarFile(join(fx.dir, 'ours.tar'), head, entries, MTIME);
+
+    const p = tarPack();
+    const chunks: Buffer[] = [];
+    p.on('data', (c) => chunks.push(c as Buffer));
+    const ended = new Promise<void>((r) => p.on('end', () => r()));
+    for (const [name, body, mode] of [...head.map((h) => [h.path, h.bytes, 0o644] as const), ...(await Promise.all(entries.map(async (e) => [e.path, Buffer.concat(await (await e.open()).toArray()), e.mode ?? 0o644] as const)))]) {
+      await new Promise<void>((resolve, reject) => p.entry({ name, size: body.length, mode, uid: 0, gid: 0, uname: '', gname: '', mtime: MTIME, type: 'file' }, body, (err) => (err ? reject(err) : resolve())));
+    }
+    p.finalize();
+    await ended;
+    const theirs = Buffer.concat(chunks);
+    const written = await readFile(join(fx.dir, 'ours.tar'));
+    expect(written.equals(theirs)).toBe(true);
+    expect(ours).toEqual({ size: theirs.length, sha256: sha256(theirs) });
   });
 });
