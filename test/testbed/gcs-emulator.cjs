@@ -2,6 +2,13 @@
 // and a rules-runtime jar downloaded at start, neither of which can be had offline. The GCS JSON
 // API routes use the admin storage layer and never consult rules. These are internal modules:
 // firebase-tools is pinned exactly in package.json for that reason.
+// The emulator reads whole upload bodies into memory and caps them at 130 MB; benchmark-sized
+// LoRA checkpoints are larger. Its routes call bodyParser.raw when the app is made, so raising
+// the cap here (before createApp) lets `npm run bench -- --size 4GiB` seed them.
+const bodyParser = require(require.resolve('body-parser', { paths: [require.resolve('firebase-tools/lib/emulator/storage/server.js')] }));
+const raw = bodyParser.raw;
+// `raw` is a getter on body-parser's exports: redefined, not assigned.
+Object.defineProperty(bodyParser, 'raw', { value: (opts = {}) => raw({ ...opts, limit: '4gb' }), enumerable: true });
 const { StorageEmulator } = require('firebase-tools/lib/emulator/storage/index.js');
 const { createApp } = require('firebase-tools/lib/emulator/storage/server.js');
 const { EmulatorRegistry } = require('firebase-tools/lib/emulator/registry.js');
