@@ -8,7 +8,7 @@
 // and prints medians, ratios and peak RSS. A benchmark to read, not a test: it fails only when a
 // command fails. The bed's servers run on the same cores; their CPU time is reported beside ours.
 import { readFile, writeFile, mkdir, rm } from 'node:fs/promises';
-import { cpus, totalmem } from 'node:os';
+import { cpus, homedir, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { DeleteBucketCommand, DeleteObjectsCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
@@ -61,6 +61,17 @@ async function dropBucket(bed: Testbed, bucket: string): Promise<void> {
   } finally {
     s3.destroy();
   }
+}
+
+/**
+ * skopeo remembers in a blob-info cache where it has seen each blob and mounts it from there on
+ * the next push: after run 1, the peer's installs would mount everything from run 1's
+ * repositories and upload nothing. Every peer run starts without it, as every run of ours starts
+ * with no knowledge of earlier ones.
+ */
+async function forgetSkopeoBlobs(): Promise<void> {
+  const dirs = ['/var/lib/containers/cache', join(process.env.XDG_DATA_HOME ?? join(homedir(), '.local', 'share'), 'containers', 'cache')];
+  await Promise.all(dirs.flatMap((d) => ['blob-info-cache-v1.boltdb', 'blob-info-cache-v1.sqlite'].map((f) => rm(join(d, f), { force: true }))));
 }
 
 interface Sample {
@@ -116,6 +127,7 @@ async function main(b: Testbed): Promise<void> {
     bundleOurs.push(await sample(b, `bundle #${i} (cartesia-airgap)`, [() => timed(work, 'bundle', cli, bundleArgs(i))]));
     const peerDir = join(work, `peer-bundle-${i}`);
     await mkdir(join(peerDir, 'images'), { recursive: true });
+    await forgetSkopeoBlobs();
     bundlePeer.push(
       await sample(b, `bundle #${i} (skopeo + @google-cloud/storage)`, [
         ...fx.images.map((img) => () => timed(work, `skopeo copy ${img.repository}`, 'skopeo', ['copy', '--all', '--quiet', '--src-cert-dir', b.certDir, '--src-authfile', sourceAuth, `docker://${b.source.host}/${img.repository}:${img.tag}`, `oci:${join(peerDir, 'images')}:${img.repository.split('/').at(-1)}:${img.tag}`])),
@@ -141,6 +153,7 @@ async function main(b: Testbed): Promise<void> {
   const installPeer: Sample[] = [];
   for (let i = 1; i <= runs; i++) {
     installOurs.push(await sample(b, `install #${i} (cartesia-airgap)`, [() => timed(work, 'install', cli, installArgs(i, bundleFile), { env: installEnv })]));
+    await forgetSkopeoBlobs();
     installPeer.push(
       await sample(b, `install #${i} (skopeo + @aws-sdk/lib-storage)`, [
         ...refs.map((ref) => () => timed(work, `skopeo copy ${ref}`, 'skopeo', ['copy', '--all', '--quiet', '--dest-cert-dir', b.certDir, '--dest-authfile', privateAuth, `oci:${join(extracted, 'images')}:${ref}`, `docker://${b.private.host}/peer-${i}/${ref}`])),
