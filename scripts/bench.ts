@@ -118,7 +118,8 @@ async function main(b: Testbed): Promise<void> {
 
   // Without the 124 MiB installer: the peer path carries no tool, so both move the same data.
   const bundleArgs = (i: number) => ['bundle', '--output', join(work, `bundle-${i}.tar`), '--customer', fx.customer, '--signing-key', join(keys, 'bundle.key'), '--key-file', b.saKeyFile, '--gcs-endpoint', b.gcs.endpoint, '--source-registry', `${b.source.host}/${b.source.prefix}`, '--source-ca-file', b.caFile, '--cache-dir', join(work, `cache-${i}`), '--no-installer', '--json'];
-  const installArgs = (i: number, bundle: string) => ['install', bundle, '--public-key', join(keys, 'bundle.pub'), '--registry', `${b.private.host}/ours-${i}`, '--registry-username', b.private.username, '--registry-ca-file', b.caFile, '--s3-endpoint', b.s3.endpoint, '--s3-bucket', `ours-${i}`, '--values-out', join(work, `values-${i}.yaml`), '--json'];
+  // Each run its own receipt, as each has its own target: a re-run finds its run's receipt, as the same install command run again would.
+  const installArgs = (i: number, bundle: string) => ['install', bundle, '--public-key', join(keys, 'bundle.pub'), '--registry', `${b.private.host}/ours-${i}`, '--registry-username', b.private.username, '--registry-ca-file', b.caFile, '--s3-endpoint', b.s3.endpoint, '--s3-bucket', `ours-${i}`, '--values-out', join(work, `values-${i}.yaml`), '--receipt', join(work, `receipt-${i}.json`), '--json'];
   const installEnv = { ...s3Env, CARTESIA_AIRGAP_REGISTRY_PASSWORD: b.private.password };
 
   const bundleOurs: Sample[] = [];
