@@ -7,6 +7,7 @@
 //   no-op re-runs of bundle (same output, warm cache) and install (everything present)
 // and prints medians, ratios and peak RSS. A benchmark to read, not a test: it fails only when a
 // command fails. The bed's servers run on the same cores; their CPU time is reported beside ours.
+// It deletes skopeo's blob-info cache before each peer run (a cache skopeo rebuilds; see below).
 import { readFile, writeFile, mkdir, rm } from 'node:fs/promises';
 import { cpus, homedir, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
