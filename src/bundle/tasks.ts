@@ -23,7 +23,10 @@ import { resolveRelease, type ResolvedRelease } from './release.ts';
 import { writeVolumes } from './volume-writer.ts';
 import { parseVolumeFile } from './volumes.ts';
 import { openBundle } from './reader.ts';
-import { fileEntry, writeBundle, type EntrySource, type WriteBundleResult } from './writer.ts';
+import { writeBundle, type WriteBundleResult } from './writer.ts';
+import { bundleContent, type CarriedObject } from './content.ts';
+import { abortDirect, type DirectBundle } from './direct.ts';
+import { fetchArtifactsDirect, fetchImagesDirect, planDirect, writeDirect } from './direct-tasks.ts';
 
 export interface BundleOptions {
   recipe: LoadedRecipe;
@@ -48,6 +51,8 @@ export interface BundleOptions {
   toolVersion: string;
   /** The executable to carry in tool/; absent with --no-installer. */
   installer?: Installer;
+  /** Write images and artifacts straight into the bundle, not through the cache (direct.ts). */
+  direct?: boolean;
 }
 
 export interface BundleContext {
@@ -64,6 +69,9 @@ export interface BundleContext {
   imageBytesMissing?: number;
   bundleBytes?: number;
   result?: WriteBundleResult;
+  /** A direct bundle's open file, and its artifacts (sha256 filled in as each arrives). */
+  direct?: DirectBundle;
+  carried?: CarriedObject[];
 }
 
 
@@ -182,19 +190,22 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
         const objectBytes = ctx.objects.reduce((n, x) => n + x.size, 0);
         const imageBytes = ctx.planned.reduce((n, p) => n + p.graph.size, 0);
         const bundleBytes = distinct + objectBytes + ctx.release!.archive.size;
+        if (o.direct) missing = distinct; // the cache is neither read nor written
         ctx.imageBytesMissing = missing;
         ctx.bundleBytes = bundleBytes;
         // Objects already cached are not known until fetched; count them all (the cache dedupes).
         await checkSpace([
-          { dir: o.cacheDir, bytes: missing + objectBytes, what: 'cache', flag: '--cache-dir' },
+          ...(o.direct ? [] : [{ dir: o.cacheDir, bytes: missing + objectBytes, what: 'cache', flag: '--cache-dir' }]),
           { dir: dirname(o.output), bytes: bundleBytes, what: 'bundle', flag: '--output' },
         ]);
         task.title = `${ctx.planned.length} images (${mib(imageBytes)}, ${mib(missing)} to fetch), ${ctx.objects.length} artifacts (${mib(objectBytes)})`;
+        if (o.direct) await planDirect(o, ctx);
       },
     },
     {
       // Images come from the registry, artifacts from GCS: two servers, kept busy at once.
       title: 'Fetch the images and the customer artifacts',
+      skip: (ctx) => ctx.result?.upToDate === true && `${o.output} is already this bundle`,
       task: async (ctx, task) => {
         const imageTotal = ctx.planned!.reduce((n, p) => n + p.graph.size, 0);
         const objectTotal = o.customer ? ctx.objects!.reduce((n, x) => n + x.size, 0) : 0;
@@ -203,11 +214,19 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
         const progress = (n: number): void => show((done += n));
         // Both run to their end, so a failure is reported the same way whichever came first
         // (images before artifacts), and what either finished stays in the cache for the re-run.
-        const [images, artifacts] = await Promise.allSettled([fetchImagesTask(o, ctx, imagesDir, progress), o.customer ? fetchArtifactsTask(o, ctx, progress) : Promise.resolve()]);
-        if (images.status === 'rejected') throw images.reason;
-        if (artifacts.status === 'rejected') throw artifacts.reason;
+        const [images, artifacts] = await Promise.allSettled(
+          ctx.direct
+            ? [fetchImagesDirect(ctx, o.concurrency, progress), fetchArtifactsDirect(o, ctx, progress)]
+            : [fetchImagesTask(o, ctx, imagesDir, progress), o.customer ? fetchArtifactsTask(o, ctx, progress) : Promise.resolve()],
+        );
+        const failed = images.status === 'rejected' ? images.reason : artifacts.status === 'rejected' ? artifacts.reason : undefined;
+        if (failed !== undefined && ctx.direct) {
+          await abortDirect(ctx.direct);
+          throw await explainNoSpace(failed, { dir: dirname(o.output), doing: `writing ${o.output}`, flag: '--output', needed: ctx.bundleBytes ?? 0 });
+        }
+        if (failed !== undefined) throw failed;
         const fromCache = `${mib(Math.max(0, imageTotal - ctx.imageBytesFetched))} from the cache or shared`;
-        const objects = o.customer ? `; ${ctx.cached!.length} artifacts fetched and verified (${mib(ctx.objectBytesFetched)} transferred)` : '; no --customer or --customer-bucket given, no artifacts';
+        const objects = o.customer ? `; ${(ctx.cached ?? ctx.carried)!.length} artifacts fetched and verified (${mib(ctx.objectBytesFetched)} transferred)` : '; no --customer or --customer-bucket given, no artifacts';
         task.title = `Images ready (${mib(ctx.imageBytesFetched)} transferred, ${fromCache})${objects}`;
       },
     },
@@ -216,7 +235,7 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
       task: async (ctx, task) => {
         let show: ((done: number) => void) | undefined;
         let hashing: ((done: number) => void) | undefined;
-        ctx.result = await writeOut(o, ctx, (done, total) => (show ??= meter(task, total))(done), (done, total) => (hashing ??= meter(task, total, 'hashing the pieces of entries larger than a volume: '))(done)).catch(async (err: unknown) => {
+        ctx.result ??= await writeOut(o, ctx, (done, total) => (show ??= meter(task, total))(done), (done, total) => (hashing ??= meter(task, total, 'hashing the pieces of entries larger than a volume: '))(done)).catch(async (err: unknown) => {
           throw await explainNoSpace(err, { dir: dirname(o.output), doing: `writing ${o.output}`, flag: '--output', ...(ctx.bundleBytes !== undefined ? { needed: ctx.bundleBytes } : {}) });
         });
         const v = ctx.result.volumes;
@@ -233,53 +252,9 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
   ];
 }
 
-/** SOURCE_DATE_EPOCH wins (reproducible-builds.org); else the newest time inside the release. */
-export function bundleDate(release: ResolvedRelease): Date {
-  const epoch = process.env.SOURCE_DATE_EPOCH;
-  if (epoch && /^\d+$/.test(epoch)) return new Date(Number(epoch) * 1000);
-  return release.date;
-}
-
 async function writeOut(o: BundleOptions, ctx: BundleContext, progress: (done: number, total: number) => void, hashing: (done: number, total: number) => void): Promise<WriteBundleResult> {
-  const release = ctx.release!;
-  const releaseEntries: EntrySource[] = [
-    fileEntry(`release/${release.archiveName}`, release.archive.path, release.archive.size, release.archive.sha256),
-    fileEntry('release/SHA256SUMS', release.sums.path, release.sums.size, release.sums.sha256),
-    ...(release.versionFile ? [fileEntry('release/VERSION', release.versionFile.path, release.versionFile.size, release.versionFile.sha256)] : []),
-  ].sort((a, b) => (a.path < b.path ? -1 : 1));
-  const { images, entries: imageFiles } = await imageEntries(ctx.planned!, join(o.cacheDir, 'images'));
-  const cached = [...(ctx.cached ?? [])].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
-  const artifacts: BundleArtifact[] = cached.map((c) => ({
-    bucket: c.bucket,
-    key: c.key,
-    size: c.size,
-    sha256: c.sha256,
-    ...(c.md5 ? { md5: c.md5 } : {}),
-    ...(c.crc32c ? { crc32c: c.crc32c } : {}),
-    path: `artifacts/${c.bucket}/${c.key}`,
-  }));
-  const artifactEntries = cached.map((c, i) => fileEntry(artifacts[i]!.path, c.path, c.size, c.sha256));
-  // The installer first: `tar -xf BUNDLE tool/` finds it at once, and in the first volume.
-  let entries = [...(o.installer ? [installerEntry(o.installer)] : []), ...releaseEntries, ...imageFiles, ...artifactEntries];
-  let carried = artifacts;
-  let base: BundleManifest['base'];
-  if (ctx.base) {
-    const graphs = ctx.planned!.map((p) => ({ name: p.spec.name, manifests: p.graph.manifests, blobs: p.graph.blobs }));
-    ({ entries, artifacts: carried, base } = cutDelta({ entries, artifacts, graphs }, ctx.base));
-  }
-  const mtime = bundleDate(release);
-  const manifest: Omit<BundleManifest, 'entries' | 'signer'> = {
-    formatVersion: 1,
-    tool: { name: 'cartesia-airgap', version: o.toolVersion },
-    ...(o.installer ? { installer: installerRecord(o.installer) } : {}),
-    created: mtime.toISOString(),
-    recipe: { name: o.recipe.recipe.name, sha256: o.recipe.sha256 },
-    release: { version: release.version, tag: release.tag, archive: { path: `release/${release.archiveName}`, sha256: release.archive.sha256, size: release.archive.size } },
-    customer: o.customer ? { ...(o.customer.name ? { name: o.customer.name } : {}), bucket: o.customer.bucket } : null,
-    images,
-    artifacts: carried,
-    ...(base ? { base } : {}),
-  };
+  if (ctx.direct) return writeDirect(o, ctx);
+  const { entries, manifest, mtime } = await bundleContent(o, ctx, ctx.cached ?? []);
   const total = entries.reduce((n, e) => n + e.size, 0);
   // Bytes written per tar entry (a volume's pieces count as entries of their own), summed.
   const written = new Map<string, number>();

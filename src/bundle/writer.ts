@@ -100,7 +100,7 @@ export function checkEntries(entries: readonly EntrySource[]): void {
 }
 
 /** The manifest the bundle will carry: schema key order (zod builds its output in shape order), validated. */
-export function buildManifest(opts: WriteBundleOptions, entries: BundleEntry[]): BundleManifest {
+export function buildManifest(opts: Pick<WriteBundleOptions, 'manifest' | 'signingKey'>, entries: BundleEntry[]): BundleManifest {
   const draft = { ...opts.manifest, signer: opts.signingKey ? { algorithm: 'ecdsa-p256-sha256', fingerprint: keyFingerprint(opts.signingKey) } : null, entries };
   const parsed = bundleManifestSchema.safeParse(draft);
   if (!parsed.success) {
@@ -120,7 +120,7 @@ export function buildManifest(opts: WriteBundleOptions, entries: BundleEntry[]):
 }
 
 /** O_EXCL so a symlink planted at the name is never followed; a leftover from a crash is replaced. */
-async function openPartial(file: string): Promise<FileHandle> {
+export async function openPartial(file: string): Promise<FileHandle> {
   try {
     return await open(file, 'wx', 0o644);
   } catch (err) {
@@ -145,20 +145,26 @@ export function sumsFor(entries: readonly BundleEntry[]): { bytes: Buffer; entry
   return { bytes, entry: { path: SUMS_PATH, size: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex') } };
 }
 
-export async function writeBundle(opts: WriteBundleOptions): Promise<WriteBundleResult> {
-  checkMtime(opts.mtime);
-  checkEntries(opts.entries);
-
+/** What a single-file bundle starts with, built from its data entries: bundle.json, its signature, SHA256SUMS. */
+export function bundleHead(opts: Pick<WriteBundleOptions, 'manifest' | 'entries' | 'signingKey'>): { manifest: BundleManifest; json: Buffer; sig: Buffer | undefined; head: { path: string; bytes: Buffer }[] } {
   const data: BundleEntry[] = opts.entries.map((e) => ({ path: e.path, size: e.size, sha256: e.sha256 }));
   const sums = sumsFor(data);
   const manifest = buildManifest(opts, [sums.entry, ...data]);
   const json = manifestJson(manifest);
   const sig = opts.signingKey ? Buffer.from(signManifest(json, opts.signingKey)) : undefined;
+  const head = [{ path: MANIFEST_PATH, bytes: json }, ...(sig ? [{ path: SIGNATURE_PATH, bytes: sig }] : []), { path: SUMS_PATH, bytes: sums.bytes }];
+  return { manifest, json, sig, head };
+}
+
+export async function writeBundle(opts: WriteBundleOptions): Promise<WriteBundleResult> {
+  checkMtime(opts.mtime);
+  checkEntries(opts.entries);
+
+  const { manifest, json, sig, head } = bundleHead(opts);
   const existing = await existingBundle(opts.output, json, sig);
   if (existing) return { path: opts.output, size: existing, sha256: null, manifest, upToDate: true };
 
   const partial = `${opts.output}.partial`;
-  const head = [{ path: MANIFEST_PATH, bytes: json }, ...(sig ? [{ path: SIGNATURE_PATH, bytes: sig }] : []), { path: SUMS_PATH, bytes: sums.bytes }];
   const tar = await writeTarFile(partial, head, opts.entries, opts.mtime, opts.onBytes);
   try {
     await rename(partial, opts.output);
@@ -218,7 +224,7 @@ export async function writeTarFile(
  * Its bytes are not hashed again: that is `verify`'s job, and re-reading would cost as much as
  * writing.
  */
-async function existingBundle(output: string, json: Buffer, sig: Buffer | undefined): Promise<number | undefined> {
+export async function existingBundle(output: string, json: Buffer, sig: Buffer | undefined): Promise<number | undefined> {
   if (!(await stat(output).then(() => true, () => false))) return undefined;
   const old = await openBundle(output).catch(() => undefined);
   const same = old && old.manifestBytes.equals(json) && old.signature === sig?.toString('latin1');

@@ -56,6 +56,11 @@ export default class Bundle extends AirgapCommand {
     'base-public-key': Flags.string({ description: 'public key the base must be signed with (default: the public half of --signing-key)', dependsOn: ['base'] }),
     unsigned: Flags.boolean({ description: 'write an unsigned bundle (only for testing; install refuses it unless told)' }),
     'cache-dir': Flags.string({ description: 'content-addressed cache of images and objects', default: defaultCacheDir() }),
+    direct: Flags.boolean({
+      description: 'write images and artifacts straight into the bundle, not through the cache: each byte written once (half the disk writes and space), but an interrupted run starts over and the cache keeps nothing for the next release',
+      env: 'CARTESIA_AIRGAP_DIRECT',
+      exclusive: ['split-size', 'base'],
+    }),
     'gcs-endpoint': Flags.string({ description: 'GCS API endpoint (a mirror or emulator)' }),
     'source-registry': Flags.string({ description: 'HOST/PATH to pull the Cartesia images from (default: the recipe\'s)' }),
     'source-ca-file': Flags.string({ description: 'CA certificate (PEM) for the source registry' }),
@@ -126,6 +131,7 @@ export default class Bundle extends AirgapCommand {
         concurrency: flags.concurrency,
         toolVersion: toolVersion(),
         ...(installer ? { installer } : {}),
+        ...(flags.direct ? { direct: true } : {}),
       }),
       listrOptions(flags.json) as never,
     );

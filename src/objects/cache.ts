@@ -2,6 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { writeFileAtomic } from '../util/atomic.ts';
@@ -48,7 +49,7 @@ export interface FetchOptions {
   rehash?: boolean;
 }
 
-const gsUrl = (o: { bucket: string; key: string }) => `gs://${o.bucket}/${o.key}`;
+export const gsUrl = (o: { bucket: string; key: string }) => `gs://${o.bucket}/${o.key}`;
 const dirs = (cacheDir: string) => ({
   blobs: join(cacheDir, 'objects', 'sha256'),
   ledgers: join(cacheDir, 'objects', 'by-key'),
@@ -64,7 +65,7 @@ const ledgerPath = (cacheDir: string, o: { bucket: string; key: string }) =>
 const needsMd5 = (info: ObjectInfo) => info.crc32c === undefined && info.md5 !== undefined;
 
 /** The first way `h` differs from what the store says of `info`, or undefined. */
-function mismatch(info: ObjectInfo, h: ObjectHashes): string | undefined {
+export function mismatch(info: ObjectInfo, h: ObjectHashes): string | undefined {
   if (h.size !== info.size) return `size is ${h.size} bytes where the store says ${info.size}`;
   if (info.md5 !== undefined && h.md5 !== undefined && h.md5 !== info.md5) return `md5 is ${h.md5} where the store says ${info.md5}`;
   if (info.crc32c !== undefined && h.crc32c !== info.crc32c) return `crc32c is ${h.crc32c} where the store says ${info.crc32c}`;
@@ -72,7 +73,7 @@ function mismatch(info: ObjectInfo, h: ObjectHashes): string | undefined {
 }
 
 /** Same bucket, key, size, and every generation/hash the store gives; size alone proves nothing. */
-function sameVersion(a: ObjectInfo, b: Omit<ObjectInfo, 'bucket' | 'key'> & { bucket: string; key: string }): boolean {
+export function sameVersion(a: ObjectInfo, b: Omit<ObjectInfo, 'bucket' | 'key'> & { bucket: string; key: string }): boolean {
   if (a.bucket !== b.bucket || a.key !== b.key || a.size !== b.size) return false;
   if (a.generation !== undefined && a.generation !== b.generation) return false;
   if (a.md5 !== undefined && a.md5 !== b.md5) return false;
@@ -124,17 +125,17 @@ async function sweepTmp(tmpDir: string): Promise<void> {
 }
 
 type Download = { kind: 'gone' } | { kind: 'bytes'; tmp: string; hashes: ObjectHashes } | { kind: 'overflow'; tmp: string };
+export type Streamed = { kind: 'gone' } | { kind: 'bytes'; hashes: ObjectHashes } | { kind: 'overflow' };
 
 /** Further attempts after a reset or a stall, each resuming at the byte reached. */
 const READ_RETRIES = 5;
 
 /**
- * Streams one generation into a temp file while hashing; stops early if it outgrows `info.size`.
+ * Streams one generation into `sink` while hashing; stops early if it outgrows `info.size`.
  * After a dropped connection or a stall (retryable errors) it reads on from the byte reached (the
  * hashes carry on), so a multi-gigabyte LoRA checkpoint never restarts from zero.
  */
-async function download(source: ObjectSource, info: ObjectInfo, tmpDir: string, onBytes?: (n: number) => void): Promise<Download> {
-  const tmp = join(tmpDir, `${process.pid}-${randomBytes(8).toString('hex')}.partial`);
+export async function streamObject(source: ObjectSource, info: ObjectInfo, sink: Writable, onBytes?: (n: number) => void): Promise<Streamed> {
   const hasher = await MultiHasher.create({ md5: needsMd5(info) });
   let seen = 0;
   const TOO_BIG = Symbol('too big');
@@ -157,14 +158,26 @@ async function download(source: ObjectSource, info: ObjectInfo, tmpDir: string, 
     }
   }
   try {
-    await pipeline(bytes(), hasher, createWriteStream(tmp, { flags: 'wx', flush: true }));
+    await pipeline(bytes(), hasher, sink);
   } catch (err) {
-    if (err === TOO_BIG) return { kind: 'overflow', tmp };
-    await rm(tmp, { force: true });
+    if (err === TOO_BIG) return { kind: 'overflow' };
     if (isObjectError(err, 'GONE')) return { kind: 'gone' };
     throw err;
   }
-  return { kind: 'bytes', tmp, hashes: hasher.result() };
+  return { kind: 'bytes', hashes: hasher.result() };
+}
+
+/** One generation into a new temp file of the cache (removed unless bytes came). */
+async function download(source: ObjectSource, info: ObjectInfo, tmpDir: string, onBytes?: (n: number) => void): Promise<Download> {
+  const tmp = join(tmpDir, `${process.pid}-${randomBytes(8).toString('hex')}.partial`);
+  try {
+    const got = await streamObject(source, info, createWriteStream(tmp, { flags: 'wx', flush: true }), onBytes);
+    if (got.kind === 'gone') await rm(tmp, { force: true });
+    return got.kind === 'gone' ? got : { ...got, tmp };
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  }
 }
 
 /** Moves verified bytes to their content address and records this version in the ledger. */

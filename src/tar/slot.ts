@@ -1,0 +1,94 @@
+/**
+ * A Writable that fills one entry's data area of a tar being assembled in place: bytes go to
+ * `offset …offset+size` of an open file by positional writes, so several entries (layers and
+ * artifacts arriving side by side) fill their own areas at once. Network chunks are gathered into
+ * 1 MiB buffers first: one write per MiB, not one per 16-64 KiB chunk (the dispatch cost of small
+ * writes was a tenth of bundle's CPU). Two buffers, so one fills while the other is written.
+ */
+import type { FileHandle } from 'node:fs/promises';
+import { Writable } from 'node:stream';
+import { OciError } from '../oci/errors.ts';
+
+const BUFFER = 1 << 20;
+
+export class SlotWriter extends Writable {
+  readonly #fh: FileHandle;
+  readonly #offset: number;
+  readonly #size: number;
+  readonly #what: string;
+  #buffers = [Buffer.allocUnsafeSlow(BUFFER), Buffer.allocUnsafeSlow(BUFFER)];
+  #filling = 0;
+  #fill = 0;
+  /** Bytes accepted so far, counted from the slot's start (`from` included). */
+  #accepted: number;
+  /** Bytes known written to the file, from the slot's start: a retry resumes here. */
+  #written: number;
+  #pending: Promise<void> = Promise.resolve();
+
+  /** Fills the slot from byte `from` of the entry (an earlier attempt wrote the ones before). */
+  constructor(fh: FileHandle, slot: { offset: number; size: number; what: string }, from = 0) {
+    super({ highWaterMark: BUFFER });
+    this.#fh = fh;
+    this.#offset = slot.offset;
+    this.#size = slot.size;
+    this.#what = slot.what;
+    this.#accepted = from;
+    this.#written = from;
+  }
+
+  /** Bytes of the entry in the file for sure, even after a failure. */
+  get written(): number {
+    return this.#written;
+  }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, done: (err?: Error | null) => void): void {
+    if (this.#accepted + chunk.length > this.#size) {
+      done(new OciError('SIZE_MISMATCH', `${this.#what} is longer than the ${this.#size} bytes planned for it; its source changed, run again`));
+      return;
+    }
+    this.#accepted += chunk.length;
+    void this.#take(chunk).then(() => done(), done);
+  }
+
+  override _final(done: (err?: Error | null) => void): void {
+    void this.#flush()
+      .then(() => this.#pending)
+      .then(() => done(), done);
+  }
+
+  override _destroy(err: Error | null, done: (err?: Error | null) => void): void {
+    // A write in flight must finish before the caller reuses or closes the file.
+    void this.#pending.then(
+      () => done(err),
+      () => done(err),
+    );
+  }
+
+  async #take(chunk: Buffer): Promise<void> {
+    for (let at = 0; at < chunk.length; ) {
+      const buf = this.#buffers[this.#filling]!;
+      const n = chunk.copy(buf, this.#fill, at);
+      this.#fill += n;
+      at += n;
+      if (this.#fill === BUFFER) await this.#flush();
+    }
+  }
+
+  /** Starts writing the filled buffer (after the one before it has landed) and switches buffers. */
+  async #flush(): Promise<void> {
+    if (this.#fill === 0) return;
+    await this.#pending;
+    const buf = this.#buffers[this.#filling]!;
+    const length = this.#fill;
+    const at = this.#offset + this.#written;
+    this.#pending = (async () => {
+      for (let done = 0; done < length; ) {
+        const { bytesWritten } = await this.#fh.write(buf, done, length - done, at + done);
+        done += bytesWritten;
+      }
+      this.#written += length;
+    })();
+    this.#filling ^= 1;
+    this.#fill = 0;
+  }
+}
