@@ -1,5 +1,5 @@
 /** The steps of `bundle --direct` (direct.ts) as the bundle phases call them. */
-import { stat } from 'node:fs/promises';
+import { rm, stat } from 'node:fs/promises';
 import { mapBounded } from '../util/bounded.ts';
 import { digestHex } from '../oci/digest.ts';
 import { IMAGE_NAME } from '../oci/layout/index-json.ts';
@@ -38,12 +38,15 @@ export async function planDirect(o: BundleOptions, ctx: BundleContext): Promise<
     const { head } = await layout(adopted);
     const size = await existingBundle(o.output, head.json, head.sig); // throws when it holds another bundle
     ctx.result = { path: o.output, size: size!, sha256: null, manifest: head.manifest, upToDate: true };
+    await rm(`${o.output}.partial.done`, { force: true }); // left only by a kill between the rename and its removal
     return;
   }
   const { entries, mtime, head } = await layout(ctx.carried);
   checkMtime(mtime);
   checkEntries(entries);
-  ctx.direct = await openDirect(o.output, head.head, entries, mtime);
+  // An artifact overwritten since an interrupted run makes that run's partial file useless.
+  const versions = ctx.objects!.map((x) => `${x.bucket}/${x.key} ${x.size} ${x.generation ?? ''} ${x.md5 ?? ''} ${x.crc32c ?? ''}`);
+  ctx.direct = await openDirect(o.output, head.head, entries, mtime, versions);
 }
 
 async function existingArtifacts(output: string): Promise<Map<string, { size: number; md5?: string; crc32c?: string; sha256: string }>> {
@@ -70,7 +73,14 @@ export async function fetchImagesDirect(ctx: BundleContext, concurrency: number,
 /** Each listed artifact into its place; its sha256 recorded for bundle.json. */
 export async function fetchArtifactsDirect(o: BundleOptions, ctx: BundleContext, progress: (bytes: number) => void): Promise<void> {
   await mapBounded(ctx.carried!, o.concurrency, async (c) => {
-    c.sha256 = await fetchObjectInto(o.gcs, c, ctx.direct!, `artifacts/${c.bucket}/${c.key}`);
+    const path = `artifacts/${c.bucket}/${c.key}`;
+    const had = ctx.direct!.done.get(path);
+    if (had) {
+      c.sha256 = had; // landed whole before an interruption, and re-hashed since
+      progress(c.size);
+      return;
+    }
+    c.sha256 = await fetchObjectInto(o.gcs, c, ctx.direct!, path);
     ctx.objectBytesFetched += c.size;
     progress(c.size);
   });

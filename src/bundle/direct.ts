@@ -10,12 +10,13 @@
  * every entry's offset, is fixed before the first byte arrives. Headers, the small entries and
  * bundle.json are written last, then the whole file is hashed once from the page cache.
  *
- * The price: nothing is kept for a re-run. An interrupted direct bundle starts over (its
- * `.partial` is replaced), and the cache does not learn the images for the next release.
+ * An interrupted run is resumed from the partial file: `FILE.partial.done` names each entry that
+ * was whole in it (appended as each lands), and a re-run with the same plan re-hashes those ranges
+ * and fetches only the rest. The price: the cache does not learn the images for the next release.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { rename, rm, type FileHandle } from 'node:fs/promises';
+import { constants, createReadStream } from 'node:fs';
+import { open, readFile, rename, rm, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -27,6 +28,7 @@ import type { ObjectInfo, ObjectSource } from '../objects/types.ts';
 import { encodeFileHeader, END_OF_ARCHIVE, paddingBytes } from '../tar/header.ts';
 import { SlotWriter } from '../tar/slot.ts';
 import { fileSha256 } from '../util/file-sha256.ts';
+import { writeFileAtomic } from '../util/atomic.ts';
 import { isNoSpace } from '../util/errors.ts';
 import { openPartial, syncDir, type EntrySource } from './writer.ts';
 
@@ -49,6 +51,18 @@ export interface DirectBundle {
   /** Where the data entries start: bundle.json, its signature and SHA256SUMS fill what is before. */
   dataStart: number;
   size: number;
+  /** Entries whole in the file (path → sha256): found by a resumed run, or landed in this one. */
+  done: Map<string, string>;
+  /** `FILE.partial.done`, open for appending. */
+  journal: FileHandle;
+}
+
+const JOURNAL_MAGIC = 'cartesia-airgap direct bundle 1';
+
+/** Marks an entry whole in the partial file; written only after its bytes are. */
+async function landed(d: DirectBundle, path: string, sha256: string): Promise<void> {
+  d.done.set(path, sha256);
+  await d.journal.write(`${sha256} ${path}\n`); // one O_APPEND write per line: whole lines even with many in flight
 }
 
 /** The bytes an entry takes in the tar: header (with a pax header for a long name), data, padding. */
@@ -58,10 +72,12 @@ const span = (path: string, size: number, mode: number, mtime: Date) => encodeFi
 const headSpan = (head: readonly HeadEntry[], mtime: Date) => head.reduce((n, h) => n + span(h.path, h.bytes.length, 0o644, mtime), 0);
 
 /**
- * Creates `${output}.partial` at its final size with every entry's place fixed. `head` is built
- * from placeholder hashes of the real width: only its length matters here.
+ * Opens `${output}.partial` at its final size with every entry's place fixed: the one an earlier
+ * run of the same plan left (its finished entries re-hashed and kept), or a new one. `head` is
+ * built from placeholder hashes of the real width: only its length matters here. `versions`
+ * names what else the plan rests on (the artifacts' generations): a changed one starts afresh.
  */
-export async function openDirect(output: string, head: readonly HeadEntry[], entries: readonly EntrySource[], mtime: Date): Promise<DirectBundle> {
+export async function openDirect(output: string, head: readonly HeadEntry[], entries: readonly EntrySource[], mtime: Date, versions: readonly string[]): Promise<DirectBundle> {
   const places = new Map<string, Place>();
   const dataStart = headSpan(head, mtime);
   let at = dataStart;
@@ -72,20 +88,60 @@ export async function openDirect(output: string, head: readonly HeadEntry[], ent
   }
   const size = at + END_OF_ARCHIVE.length;
   const partial = `${output}.partial`;
-  const fh = await openPartial(partial);
-  try {
-    await fh.truncate(size); // sparse: the padding between entries reads as zeros without a write
-  } catch (err) {
-    await abortDirect({ fh, partial });
-    throw err;
+  const plan = createHash('sha256')
+    .update(JSON.stringify({ dataStart, size, entries: entries.map((e) => [e.path, e.size, e.sha256, e.mode ?? 0o644]), versions }))
+    .digest('hex');
+  const header = `${JOURNAL_MAGIC} ${plan}\n`;
+  const resumed = await resume(partial, header, places, size);
+  let fh = resumed?.fh;
+  if (!fh) {
+    fh = await openPartial(partial);
+    try {
+      await fh.truncate(size); // sparse: the padding between entries reads as zeros without a write
+    } catch (err) {
+      await fh.close();
+      await rm(partial, { force: true });
+      throw err;
+    }
   }
-  return { output, partial, fh, places, dataStart, size };
+  const done = resumed?.done ?? new Map<string, string>();
+  // Rewritten whole (only what re-hashed right), then appended to.
+  await writeFileAtomic(`${partial}.done`, header + [...done].map(([path, sha]) => `${sha} ${path}\n`).join(''));
+  const journal = await open(`${partial}.done`, 'a');
+  return { output, partial, fh, places, dataStart, size, done, journal };
 }
 
-/** Closes and removes the partial file: a direct bundle that failed has nothing worth keeping. */
-export async function abortDirect(d: Pick<DirectBundle, 'fh' | 'partial'>): Promise<void> {
+/** The partial file an earlier run of this same plan left, with the entries in it that still hash right. */
+async function resume(partial: string, header: string, places: Map<string, Place>, size: number): Promise<{ fh: FileHandle; done: Map<string, string> } | undefined> {
+  const text = await readFile(`${partial}.done`, 'utf8').catch(() => undefined);
+  if (!text?.startsWith(header)) return undefined;
+  // O_NOFOLLOW: a symlink planted at the name is refused, never written through.
+  const fh = await open(partial, constants.O_RDWR | constants.O_NOFOLLOW).catch(() => undefined);
+  if (!fh) return undefined;
+  const st = await fh.stat();
+  if (!st.isFile() || st.size !== size) {
+    await fh.close();
+    return undefined;
+  }
+  const done = new Map<string, string>();
+  for (const line of text.slice(header.length).split('\n')) {
+    const m = /^([0-9a-f]{64}) (.+)$/.exec(line);
+    const place = m && places.get(m[2]!);
+    if (!m || !place || done.has(m[2]!)) continue;
+    const hash = createHash('sha256');
+    await hashRange(partial, place.offset, place.size, hash);
+    if (hash.digest('hex') === m[1]) done.set(m[2]!, m[1]!);
+  }
+  return { fh, done };
+}
+
+/**
+ * Closes the files of a direct bundle that stopped. The partial file and its record stay: they are
+ * what a re-run resumes from (it refetches only what had not landed whole).
+ */
+export async function closeDirect(d: Pick<DirectBundle, 'fh' | 'journal'>): Promise<void> {
   await d.fh.close().catch(() => {});
-  await rm(d.partial, { force: true });
+  await d.journal.close().catch(() => {});
 }
 
 function placeOf(d: DirectBundle, path: string): Place {
@@ -104,6 +160,8 @@ export class BundleSlots implements WriteTarget {
   constructor(d: DirectBundle) {
     this.#d = d;
     this.description = `the bundle ${d.partial}`;
+    const prefix = 'images/blobs/sha256/';
+    for (const path of d.done.keys()) if (path.startsWith(prefix)) this.#stored.add(`sha256:${path.slice(prefix.length)}`);
   }
 
   #place(desc: Descriptor): Place {
@@ -149,6 +207,7 @@ export class BundleSlots implements WriteTarget {
           },
         });
         await pipeline(await open(have), count, new VerifyingStream(desc, { hash, bytes: have }), sink);
+        await landed(this.#d, `images/blobs/sha256/${digestHex(desc.digest)}`, digestHex(desc.digest));
         this.#stored.add(desc.digest);
         return { how: 'uploaded', bytesTransferred };
       } catch (err) {
@@ -163,6 +222,7 @@ export class BundleSlots implements WriteTarget {
     verifyBytes(desc, bytes, 'manifest to store');
     if (this.#stored.has(desc.digest)) return;
     await writeAt(this.#d.fh, bytes, this.#place(desc).offset);
+    await landed(this.#d, `images/blobs/sha256/${digestHex(desc.digest)}`, digestHex(desc.digest));
     this.#stored.add(desc.digest);
   }
 
@@ -189,7 +249,10 @@ export async function fetchObjectInto(source: ObjectSource, info: ObjectInfo, d:
   const url = gsUrl(info);
   const got = await streamObject(source, info, new SlotWriter(d.fh, { offset: place.offset, size: place.size, what: url }), onBytes);
   const wrong = got.kind === 'bytes' ? mismatch(info, got.hashes) : got.kind === 'overflow' ? `size exceeds the ${info.size} bytes the store reports` : 'generation is gone';
-  if (got.kind === 'bytes' && !wrong) return got.hashes.sha256;
+  if (got.kind === 'bytes' && !wrong) {
+    await landed(d, path, got.hashes.sha256);
+    return got.hashes.sha256;
+  }
   const fresh = await source.stat(info.bucket, info.key);
   if (fresh && got.kind !== 'gone' && sameVersion(fresh, info)) {
     throw new ObjectError('MISMATCH', `${url} arrived damaged: its ${wrong}; run again, and if it persists the stored object is corrupt`);
@@ -200,7 +263,7 @@ export async function fetchObjectInto(source: ObjectSource, info: ObjectInfo, d:
 /**
  * Writes what the fetch did not (every header, the entries not in `filled`, bundle.json, its
  * signature and SHA256SUMS, the end of the archive), makes it durable, hashes the whole file once
- * and renames it to its final name. On any failure the partial file is removed.
+ * and renames it to its final name.
  */
 export async function finishDirect(d: DirectBundle, head: readonly HeadEntry[], entries: readonly EntrySource[], mtime: Date, filled: ReadonlySet<string>): Promise<{ size: number; sha256: string }> {
   try {
@@ -225,9 +288,11 @@ export async function finishDirect(d: DirectBundle, head: readonly HeadEntry[], 
     await d.fh.close();
     await rename(d.partial, d.output);
     await syncDir(dirname(d.output));
+    await d.journal.close();
+    await rm(`${d.partial}.done`, { force: true });
     return { size: d.size, sha256 };
   } catch (err) {
-    await abortDirect(d);
+    await closeDirect(d);
     throw err;
   }
 }

@@ -25,7 +25,7 @@ import { parseVolumeFile } from './volumes.ts';
 import { openBundle } from './reader.ts';
 import { writeBundle, type WriteBundleResult } from './writer.ts';
 import { bundleContent, type CarriedObject } from './content.ts';
-import { abortDirect, type DirectBundle } from './direct.ts';
+import { closeDirect, type DirectBundle } from './direct.ts';
 import { fetchArtifactsDirect, fetchImagesDirect, planDirect, writeDirect } from './direct-tasks.ts';
 
 export interface BundleOptions {
@@ -221,7 +221,7 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
         );
         const failed = images.status === 'rejected' ? images.reason : artifacts.status === 'rejected' ? artifacts.reason : undefined;
         if (failed !== undefined && ctx.direct) {
-          await abortDirect(ctx.direct);
+          await closeDirect(ctx.direct);
           throw await explainNoSpace(failed, { dir: dirname(o.output), doing: `writing ${o.output}`, flag: '--output', needed: ctx.bundleBytes ?? 0 });
         }
         if (failed !== undefined) throw failed;

@@ -1,5 +1,5 @@
-import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, stat } from 'node:fs/promises';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, inject, it } from 'vitest';
 import { run } from '../testbed/run.ts';
@@ -21,6 +21,16 @@ interface Summary {
 }
 
 const args = (out: string, cache: string, extra: string[] = []) => ['bundle', '--output', out, ...sourceArgs, '--customer', fixture.customer, '--signing-key', join(keys, 'bundle.key'), '--cache-dir', cache, '--json', ...extra];
+
+/** An image manifest or index (not a config blob, which is JSON too). */
+function isManifest(bytes: Buffer): boolean {
+  try {
+    const doc = JSON.parse(bytes.toString('utf8')) as Record<string, unknown>;
+    return Array.isArray(doc.layers) || Array.isArray(doc.manifests);
+  } catch {
+    return false;
+  }
+}
 
 /** Files under `dir` (recursively), or [] when it does not exist. */
 async function filesUnder(dir: string): Promise<string[]> {
@@ -80,16 +90,17 @@ describe('bundle --direct: images and artifacts straight into the bundle', () =>
     expect(await fileSha(directOut)).toBe(cached.sha256);
   });
 
-  it('killed mid-fetch: nothing under the final name; the next run replaces the partial file and gives the same bytes', async () => {
+  it('killed mid-fetch: nothing under the final name; the re-run fetches only what had not landed whole, and gives the same bytes', async () => {
     const out = join(work, 'killed.tar');
     const partial = `${out}.partial`;
+    const journal = `${partial}.done`;
+    const landed = async () => (await readFile(journal, 'utf8').catch(() => '')).split('\n').slice(1).filter(Boolean);
     const { child, done } = startCli(args(out, join(work, 'killed-cache'), ['--direct']));
-    // Killed once the partial file exists and the fetch has begun filling it.
+    // Killed once a few entries have landed whole, while others are still arriving.
     const killed = (async () => {
-      for (let i = 0; i < 600; i++) {
-        const s = await stat(partial).catch(() => undefined);
-        if (s && s.blocks > 64) return child.kill('SIGKILL');
-        await new Promise((r) => setTimeout(r, 5));
+      for (let i = 0; i < 2000; i++) {
+        if ((await landed()).length >= 3) return child.kill('SIGKILL');
+        await new Promise((r) => setTimeout(r, 2));
       }
       return false;
     })();
@@ -97,12 +108,31 @@ describe('bundle --direct: images and artifacts straight into the bundle', () =>
     expect(await killed, 'the run ended before it could be killed').toBe(true);
     expect(r.signal).toBe('SIGKILL');
     expect(await exists(out)).toBe(false);
-    expect(await exists(partial)).toBe(true);
+    const kept = new Map((await landed()).map((l) => [l.slice(65), l.slice(0, 64)] as const));
+    expect(kept.size).toBeGreaterThan(0);
 
     const again = await runCli(args(out, join(work, 'killed-cache'), ['--direct']));
     expect(again.code, again.stderr).toBe(0);
-    expect((JSON.parse(again.stdout) as Summary).sha256).toBe(cached.sha256);
+    const summary = JSON.parse(again.stdout) as Summary;
+    expect(summary.sha256).toBe(cached.sha256);
     expect(await exists(partial)).toBe(false);
+    expect(await exists(journal)).toBe(false);
+    // What had landed was re-hashed and kept: the re-run moved everything else, and nothing of it.
+    // (Manifests are not counted as transferred bytes; configs and layers are.)
+    const x = join(work, 'killed-x');
+    await mkdir(x);
+    await run('tar', ['-xf', out, '-C', x]);
+    let keptBlobs = 0;
+    let keptArtifacts = 0;
+    for (const [path, sha] of kept) {
+      const bytes = await readFile(join(x, path));
+      expect(createHash('sha256').update(bytes).digest('hex'), path).toBe(sha);
+      if (path.startsWith('artifacts/')) keptArtifacts += bytes.length;
+      else if (!isManifest(bytes)) keptBlobs += bytes.length;
+    }
+    expect(keptBlobs + keptArtifacts).toBeGreaterThan(0);
+    expect(summary.transferred.images).toBe(cached.transferred.images - keptBlobs);
+    expect(summary.transferred.artifacts).toBe(cached.transferred.artifacts - keptArtifacts);
   });
 
   it('refuses --direct with --split-size or --base (one file, no delta)', async () => {
