@@ -3,7 +3,8 @@
  * `offset …offset+size` of an open file by positional writes, so several entries (layers and
  * artifacts arriving side by side) fill their own areas at once. Network chunks are gathered into
  * 1 MiB buffers first: one write per MiB, not one per 16-64 KiB chunk (the dispatch cost of small
- * writes was a tenth of bundle's CPU). Two buffers, so one fills while the other is written.
+ * writes was a tenth of bundle's CPU). Two buffers, so one fills while the other is written; no
+ * larger than the slot, so the hundreds of small artifacts fetched side by side hold kilobytes.
  */
 import type { FileHandle } from 'node:fs/promises';
 import { Writable } from 'node:stream';
@@ -16,7 +17,8 @@ export class SlotWriter extends Writable {
   readonly #offset: number;
   readonly #size: number;
   readonly #what: string;
-  #buffers = [Buffer.allocUnsafeSlow(BUFFER), Buffer.allocUnsafeSlow(BUFFER)];
+  readonly #buffers: Buffer[] = [];
+  readonly #bufferSize: number;
   #filling = 0;
   #fill = 0;
   /** Bytes accepted so far, counted from the slot's start (`from` included). */
@@ -27,13 +29,15 @@ export class SlotWriter extends Writable {
 
   /** Fills the slot from byte `from` of the entry (an earlier attempt wrote the ones before). */
   constructor(fh: FileHandle, slot: { offset: number; size: number; what: string }, from = 0) {
-    super({ highWaterMark: BUFFER });
+    // Our own buffers do the batching; the stream's queue only has to keep the pipe moving.
+    super({ highWaterMark: 64 * 1024 });
     this.#fh = fh;
     this.#offset = slot.offset;
     this.#size = slot.size;
     this.#what = slot.what;
     this.#accepted = from;
     this.#written = from;
+    this.#bufferSize = Math.max(1, Math.min(BUFFER, slot.size - from));
   }
 
   /** Bytes of the entry in the file for sure, even after a failure. */
@@ -66,11 +70,11 @@ export class SlotWriter extends Writable {
 
   async #take(chunk: Buffer): Promise<void> {
     for (let at = 0; at < chunk.length; ) {
-      const buf = this.#buffers[this.#filling]!;
+      const buf = (this.#buffers[this.#filling] ??= Buffer.allocUnsafeSlow(this.#bufferSize));
       const n = chunk.copy(buf, this.#fill, at);
       this.#fill += n;
       at += n;
-      if (this.#fill === BUFFER) await this.#flush();
+      if (this.#fill === buf.length) await this.#flush();
     }
   }
 
