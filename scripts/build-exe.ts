@@ -101,12 +101,13 @@ async function burnFuse(file: string): Promise<void> {
 }
 
 /**
- * The Node flags bin/run.js's shebang gives the npm CLI (`#!/usr/bin/env -S node FLAGS…`), which
- * the executable's runtime is started with too (SEA `execArgv`): one place says what they are.
+ * The Node flags bin/run.js's shebang gives the npm CLI (`#!/usr/bin/env -S [VAR=…] node FLAGS…`),
+ * which the executable's runtime is started with too (SEA `execArgv`): one place says what they
+ * are. Environment settings before `node` cannot be carried: the executable starts without them.
  */
 async function shebangFlags(): Promise<string[]> {
   const first = (await readFile(BIN, 'utf8')).split('\n', 1)[0]!;
-  const m = /^#!\/usr\/bin\/env -S node((?: --[\w-]+(?:=\S+)?)*)$/.exec(first);
+  const m = /^#!\/usr\/bin\/env -S (?:[A-Z_]+=\S+ )*node((?: --[\w-]+(?:=\S+)?)*)$/.exec(first);
   if (!m) return fail(`${relative(ROOT, BIN)} starts with ${JSON.stringify(first)}, not \`#!/usr/bin/env -S node --flag…\`; cannot tell which Node flags the executable needs`);
   return m[1]!.split(' ').filter(Boolean);
 }
