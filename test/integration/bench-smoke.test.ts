@@ -27,9 +27,9 @@ interface Report {
   sizeBytes: number;
   runs: number;
   machine: { cores: number; memoryBytes: number };
-  ratios: Record<'bundle' | 'install' | 'verify', number>;
-  noop: Record<'bundle' | 'install', number>;
-  rssMiB: Record<'bundle' | 'install' | 'verify', number>;
+  ratios: Record<'bundle' | 'bundleDirect' | 'install' | 'verify', number>;
+  noop: Record<'bundle' | 'bundleDirect' | 'install', number>;
+  rssMiB: Record<'bundle' | 'bundleDirect' | 'install' | 'verify', number>;
 }
 
 describe('npm run bench -- --size 8MiB --runs 1 --json FILE', () => {
@@ -50,10 +50,10 @@ describe('npm run bench -- --size 8MiB --runs 1 --json FILE', () => {
     const r = JSON.parse(await readFile(json, 'utf8')) as Report;
     expect(r.sizeBytes).toBeGreaterThan(SIZE * 0.5);
     expect(r.runs).toBe(1);
-    for (const k of ['bundle', 'install', 'verify'] as const) {
+    for (const k of ['bundle', 'bundleDirect', 'install', 'verify'] as const) {
       expect(Number.isFinite(r.ratios[k]) && r.ratios[k] > 0, `ratios.${k} = ${r.ratios[k]}`).toBe(true);
     }
-    for (const k of ['bundle', 'install'] as const) {
+    for (const k of ['bundle', 'bundleDirect', 'install'] as const) {
       expect(Number.isFinite(r.noop[k]) && r.noop[k] >= 0, `noop.${k} = ${r.noop[k]}`).toBe(true);
       expect(r.rssMiB[k], `rssMiB.${k}`).toBeGreaterThan(0);
     }
@@ -62,7 +62,7 @@ describe('npm run bench -- --size 8MiB --runs 1 --json FILE', () => {
     expect(new Date(r.date).toISOString()).toBe(r.date);
 
     // The table: name, seconds, MB/s, peak RSS MiB, server CPU seconds.
-    const rows = ['bundle: cartesia-airgap', 'bundle: skopeo + @google-cloud/storage', 'install: cartesia-airgap', 'install: skopeo + @aws-sdk/lib-storage', 'verify: cartesia-airgap', 'verify: sha256sum', 'bundle again (no-op)', 'install again (no-op)'];
+    const rows = ['bundle: cartesia-airgap', 'bundle --direct: cartesia-airgap', 'bundle --direct again (no-op)', 'bundle: skopeo + @google-cloud/storage', 'install: cartesia-airgap', 'install: skopeo + @aws-sdk/lib-storage', 'verify: cartesia-airgap', 'verify: sha256sum', 'bundle again (no-op)', 'install again (no-op)'];
     for (const row of rows) {
       expect(stdout).toMatch(new RegExp(`^${row.replace(/[()+]/g, '\\$&')} +\\d+\\.\\d{2} +\\d+ +\\d+ +\\d+\\.\\d$`, 'm'));
     }
