@@ -6,14 +6,12 @@ import { IMAGE_NAME } from '../oci/layout/index-json.ts';
 import { copyGraph } from '../oci/copy.ts';
 import { formatReference } from '../oci/reference.ts';
 import { bundleContent, type CarriedObject } from './content.ts';
-import { BundleSlots, fetchObjectInto, finishDirect, openDirect } from './direct.ts';
+import { BundleSlots, fetchObjectInto, finishDirect, openDirect, PLACEHOLDER } from './direct.ts';
 import { refName } from './images.ts';
 import { openBundle } from './reader.ts';
 import type { BundleContext, BundleOptions } from './tasks.ts';
 import { bundleHead, checkEntries, checkMtime, existingBundle, type WriteBundleResult } from './writer.ts';
 
-/** A sha256 of the right width for what is not fetched yet: bundle.json's length does not depend on it. */
-const PLACEHOLDER = '0'.repeat(64);
 
 /**
  * Fixes every entry's place and opens the partial file. When the output already holds a bundle,

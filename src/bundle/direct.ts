@@ -14,8 +14,8 @@
  * was whole in it (appended as each lands), and a re-run with the same plan re-hashes those ranges
  * and fetches only the rest. The price: the cache does not learn the images for the next release.
  */
-import { createHash } from 'node:crypto';
-import { constants, createReadStream } from 'node:fs';
+import { createHash, type Hash } from 'node:crypto';
+import { constants } from 'node:fs';
 import { open, readFile, rename, rm, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Transform } from 'node:stream';
@@ -27,7 +27,6 @@ import { gsUrl, mismatch, ObjectError, sameVersion, streamObject } from '../obje
 import type { ObjectInfo, ObjectSource } from '../objects/types.ts';
 import { encodeFileHeader, END_OF_ARCHIVE, paddingBytes } from '../tar/header.ts';
 import { SlotWriter } from '../tar/slot.ts';
-import { fileSha256 } from '../util/file-sha256.ts';
 import { writeFileAtomic } from '../util/atomic.ts';
 import { isNoSpace } from '../util/errors.ts';
 import { openPartial, syncDir, type EntrySource } from './writer.ts';
@@ -38,7 +37,12 @@ interface Place {
   /** Where its bytes start. */
   offset: number;
   size: number;
+  /** As planned: PLACEHOLDER for an artifact, whose sha256 is known once it has arrived. */
+  sha256: string;
 }
+
+/** A sha256 of the right width for what is not fetched yet: bundle.json's length does not depend on it. */
+export const PLACEHOLDER = '0'.repeat(64);
 
 type HeadEntry = { path: string; bytes: Buffer };
 
@@ -83,7 +87,7 @@ export async function openDirect(output: string, head: readonly HeadEntry[], ent
   let at = dataStart;
   for (const e of entries) {
     const header = encodeFileHeader({ name: e.path, size: e.size, mode: e.mode ?? 0o644, mtime }).length;
-    places.set(e.path, { header: at, offset: at + header, size: e.size });
+    places.set(e.path, { header: at, offset: at + header, size: e.size, sha256: e.sha256 });
     at += header + e.size + paddingBytes(e.size);
   }
   const size = at + END_OF_ARCHIVE.length;
@@ -95,7 +99,7 @@ export async function openDirect(output: string, head: readonly HeadEntry[], ent
   const resumed = await resume(partial, header, places, size);
   let fh = resumed?.fh;
   if (!fh) {
-    fh = await openPartial(partial);
+    fh = await openPartial(partial, 'wx+');
     try {
       await fh.truncate(size); // sparse: the padding between entries reads as zeros without a write
     } catch (err) {
@@ -127,10 +131,9 @@ async function resume(partial: string, header: string, places: Map<string, Place
   for (const line of text.slice(header.length).split('\n')) {
     const m = /^([0-9a-f]{64}) (.+)$/.exec(line);
     const place = m && places.get(m[2]!);
-    if (!m || !place || done.has(m[2]!)) continue;
-    const hash = createHash('sha256');
-    await hashRange(partial, place.offset, place.size, hash);
-    if (hash.digest('hex') === m[1]) done.set(m[2]!, m[1]!);
+    // A line must name what the plan expects there (a blob's digest), and the bytes must agree.
+    if (!m || !place || done.has(m[2]!) || (place.sha256 !== PLACEHOLDER && place.sha256 !== m[1])) continue;
+    if ((await hashRange(fh, place.offset, place.size, createHash('sha256'))).digest('hex') === m[1]) done.set(m[2]!, m[1]!);
   }
   return { fh, done };
 }
@@ -194,8 +197,7 @@ export class BundleSlots implements WriteTarget {
     let bytesTransferred = 0;
     for (let attempt = 1; ; attempt++) {
       // After a dropped connection: the bytes that reached the file are hashed again, the rest asked for.
-      const hash = createHash('sha256');
-      if (have > 0) await hashRange(this.#d.partial, place.offset, have, hash);
+      const hash = await hashRange(this.#d.fh, place.offset, have, createHash('sha256'));
       const sink = new SlotWriter(this.#d.fh, { offset: place.offset, size: place.size, what: `blob ${desc.digest}` }, have);
       try {
         let position = have;
@@ -236,8 +238,16 @@ async function writeAt(fh: FileHandle, bytes: Uint8Array, position: number): Pro
   for (let done = 0; done < bytes.length; ) done += (await fh.write(bytes, done, bytes.length - done, position + done)).bytesWritten;
 }
 
-async function hashRange(file: string, offset: number, length: number, hash: ReturnType<typeof createHash>): Promise<void> {
-  for await (const c of createReadStream(file, { start: offset, end: offset + length - 1, highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) hash.update(c);
+/** Feeds `length` bytes of the file from `offset` to `hash`, through one reused buffer. */
+async function hashRange(fh: FileHandle, offset: number, length: number, hash: Hash): Promise<Hash> {
+  const buf = Buffer.allocUnsafeSlow(Math.max(1, Math.min(1 << 20, length)));
+  for (let at = 0; at < length; ) {
+    const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, length - at), offset + at);
+    if (bytesRead === 0) throw new OciError('LAYOUT', `the bundle being written ended at byte ${offset + at}, before ${offset + length}`);
+    hash.update(buf.subarray(0, bytesRead));
+    at += bytesRead;
+  }
+  return hash;
 }
 
 /**
@@ -283,8 +293,10 @@ export async function finishDirect(d: DirectBundle, head: readonly HeadEntry[], 
       if (!filled.has(e.path)) await fillFromSource(d, e, p);
     }
     await writeAt(d.fh, END_OF_ARCHIVE, d.size - END_OF_ARCHIVE.length);
-    // The flush to disk and the one read of the whole file (from the page cache) overlap.
-    const [, sha256] = await Promise.all([d.fh.sync(), fileSha256(d.partial)]);
+    // The flush to disk and the one read of the whole file (from the page cache) overlap. The main
+    // thread has nothing else to do by now: no worker (a second isolate was the run's peak RSS).
+    const [, hash] = await Promise.all([d.fh.sync(), hashRange(d.fh, 0, d.size, createHash('sha256'))]);
+    const sha256 = hash.digest('hex');
     await d.fh.close();
     await rename(d.partial, d.output);
     await syncDir(dirname(d.output));

@@ -119,14 +119,17 @@ export function buildManifest(opts: Pick<WriteBundleOptions, 'manifest' | 'signi
   return m;
 }
 
-/** O_EXCL so a symlink planted at the name is never followed; a leftover from a crash is replaced. */
-export async function openPartial(file: string): Promise<FileHandle> {
+/**
+ * O_EXCL so a symlink planted at the name is never followed; a leftover from a crash is replaced.
+ * `wx+` when the caller reads back what it wrote (a direct bundle hashes the finished file).
+ */
+export async function openPartial(file: string, flags: 'wx' | 'wx+' = 'wx'): Promise<FileHandle> {
   try {
-    return await open(file, 'wx', 0o644);
+    return await open(file, flags, 0o644);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
     await rm(file, { force: true });
-    return open(file, 'wx', 0o644);
+    return open(file, flags, 0o644);
   }
 }
 

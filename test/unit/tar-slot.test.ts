@@ -1,0 +1,83 @@
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, open, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { afterEach, describe, expect, it } from 'vitest';
+import { SlotWriter } from '../../src/tar/slot.ts';
+
+const dirs: string[] = [];
+afterEach(async () => {
+  for (const d of dirs.splice(0)) await rm(d, { recursive: true, force: true });
+});
+
+async function file(size: number) {
+  const dir = await mkdtemp(join(tmpdir(), 'slot-'));
+  dirs.push(dir);
+  const path = join(dir, 'tar');
+  const fh = await open(path, 'w+');
+  await fh.truncate(size);
+  return { path, fh };
+}
+
+/** Chunks of uneven sizes, as a network gives them. */
+const chunks = (bytes: Buffer, sizes: number[]) => {
+  const out: Buffer[] = [];
+  for (let at = 0, i = 0; at < bytes.length; i++) {
+    const n = sizes[i % sizes.length]!;
+    out.push(bytes.subarray(at, at + n));
+    at += n;
+  }
+  return out;
+};
+
+describe('SlotWriter: one entry filled in place', () => {
+  it('puts the bytes exactly at offset…offset+size and nowhere else, across several MiB buffers', async () => {
+    const { path, fh } = await file(4 << 20);
+    const data = randomBytes(2.5 * 2 ** 20 + 17);
+    await pipeline(Readable.from(chunks(data, [65536, 1, 16384, 300000])), new SlotWriter(fh, { offset: 1000, size: data.length, what: 'x' }));
+    await fh.close();
+    const all = await readFile(path);
+    expect(all.subarray(1000, 1000 + data.length).equals(data)).toBe(true);
+    expect(all.subarray(0, 1000).every((b) => b === 0)).toBe(true);
+    expect(all.subarray(1000 + data.length).every((b) => b === 0)).toBe(true);
+  });
+
+  it('two slots filled side by side do not disturb each other', async () => {
+    const { path, fh } = await file(3 << 20);
+    const a = randomBytes(1.5 * 2 ** 20);
+    const b = randomBytes(2 ** 20 + 3);
+    await Promise.all([
+      pipeline(Readable.from(chunks(a, [70000])), new SlotWriter(fh, { offset: 0, size: a.length, what: 'a' })),
+      pipeline(Readable.from(chunks(b, [4096, 100000])), new SlotWriter(fh, { offset: a.length, size: b.length, what: 'b' })),
+    ]);
+    await fh.close();
+    const all = await readFile(path);
+    expect(all.subarray(0, a.length).equals(a)).toBe(true);
+    expect(all.subarray(a.length, a.length + b.length).equals(b)).toBe(true);
+  });
+
+  it('refuses a byte beyond the slot, naming the entry, and never writes it', async () => {
+    const { path, fh } = await file(100);
+    const data = randomBytes(60);
+    const err = await pipeline(Readable.from([data.subarray(0, 40), data.subarray(40)]), new SlotWriter(fh, { offset: 10, size: 50, what: 'blob sha256:abc' })).catch((e: Error) => e);
+    expect(err).toBeInstanceOf(Error);
+    expect((err as Error).message).toMatch(/^blob sha256:abc is longer than the 50 bytes planned for it/);
+    await fh.close();
+    expect((await readFile(path)).subarray(60).every((b) => b === 0)).toBe(true);
+  });
+
+  it('resumes from `from`: the bytes before it are left as they are, `written` counts from the slot start', async () => {
+    const { path, fh } = await file(64);
+    const data = randomBytes(40);
+    const first = new SlotWriter(fh, { offset: 8, size: 40, what: 'x' });
+    await pipeline(Readable.from([data.subarray(0, 25)]), first);
+    expect(first.written).toBe(25);
+    const rest = new SlotWriter(fh, { offset: 8, size: 40, what: 'x' }, 25);
+    await pipeline(Readable.from([data.subarray(25)]), rest);
+    expect(rest.written).toBe(40);
+    await fh.close();
+    expect((await readFile(path)).subarray(8, 48).equals(data)).toBe(true);
+  });
+});
