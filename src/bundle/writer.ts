@@ -176,6 +176,8 @@ export async function writeBundle(opts: WriteBundleOptions): Promise<WriteBundle
     throw err;
   }
   await syncDir(dirname(opts.output));
+  // The record of an interrupted `--direct` run, whose partial file this run replaced.
+  await rm(`${partial}.done`, { force: true });
   return { path: opts.output, size: tar.size, sha256: tar.sha256, manifest, upToDate: false };
 }
 
