@@ -94,4 +94,3 @@ export async function writeDirect(o: BundleOptions, ctx: BundleContext): Promise
   return { path: o.output, size: tar.size, sha256: tar.sha256, manifest: full, upToDate: false };
 }
 
-export type { CarriedObject };
