@@ -128,12 +128,13 @@ export class OpenedBundle {
     return this.#files.location(path);
   }
 
-  /** The entry's bytes from `offset` on, read straight from the bundle file(s). */
-  open(path: string, offset = 0): Readable {
+  /** The entry's bytes from `offset` on (`length` of them, else to its end), read straight from the bundle file(s). */
+  open(path: string, offset = 0, length?: number): Readable {
     const size = this.#files.location(path)?.size;
     if (size === undefined) throw bad(`${this.file} has no entry ${q(path)}`);
-    if (!Number.isSafeInteger(offset) || offset < 0 || offset > size) throw bad(`offset ${offset} is outside ${path} (${size} bytes)`);
-    return this.#files.stream(path, offset);
+    const end = length === undefined ? size : offset + length;
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(end) || end < offset || end > size) throw bad(`bytes ${offset} to ${end} are outside ${path} (${size} bytes)`);
+    return this.#files.stream(path, offset, length);
   }
 
   /** The OCI layout under `prefix` (normally `images/`), served from the same extents. */

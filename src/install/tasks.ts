@@ -224,11 +224,11 @@ async function uploadAll(o: InstallOptions, ctx: InstallContext, show: (text: st
   let finished = 0;
   // The plan found these absent or different: no need to ask again before sending.
   const send = async (a: BundleArtifact): Promise<PutResult> => {
-    const r = await s3.put(a.key, a.size, a.sha256, async () => o.bundle.open(a.path), { listed: null });
+    const r = await s3.put(a.key, a.size, a.sha256, async (range) => o.bundle.open(a.path, range?.start, range?.length), { listed: null });
     show(`${++finished} of ${toUpload.length} artifacts, last ${a.key}`);
     return r;
   };
-  // Large objects go up one at a time (the sink holds one multipart upload's parts at once);
+  // Large objects go up one at a time (the sink sends one multipart upload's parts side by side);
   // small ones, where round trips and not bytes set the pace, several at once beside them.
   const lanes = await Promise.allSettled([mapBounded(toUpload.filter((a) => a.size > s3.partSize), 1, send), mapBounded(toUpload.filter((a) => a.size <= s3.partSize), o.concurrency, send)]);
   const sent = lanes.flatMap((l) => {

@@ -4,9 +4,9 @@ import { Agent } from 'node:https';
 import { pipeline, Transform, type Readable, type TransformCallback } from 'node:stream';
 import { CreateBucketCommand, DeleteObjectCommand, HeadBucketCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import type { BucketLocationConstraint, HeadObjectCommandOutput, ListObjectsV2CommandOutput } from '@aws-sdk/client-s3';
-import { Upload } from '@aws-sdk/lib-storage';
 import { DEFAULT_STALL_TIMEOUT_MS } from '../util/stall.ts';
 import { ObjectError } from './cache.ts';
+import { sourceMismatch, uploadParts, type OpenSource, type Stored } from './s3-parts.ts';
 
 export interface S3SinkOptions {
   /** An S3-compatible server (MinIO, Ceph…), e.g. http://127.0.0.1:9000; without one: AWS. */
@@ -20,7 +20,7 @@ export interface S3SinkOptions {
   credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
   /** Objects up to this size go in one PutObject, bigger ones in parts of this size (default 8 MiB). */
   partSize?: number;
-  /** Parts in flight at once (default 4); a multipart upload holds about (queueSize + 1) × partSize. */
+  /** Parts of one multipart upload in flight at once (default 4); each reads its own range of the source, so this costs no memory. */
   queueSize?: number;
   /** A request whose connection is silent this long fails and is retried (default 60 s). */
   stallTimeoutMs?: number;
@@ -63,8 +63,9 @@ export interface PutOptions {
 
 const MiB = 1024 * 1024;
 const MAX_PARTS = 10_000;
-/** Part and body buffers of all of a sink's puts together, with the default part and queue sizes. */
-const BUFFER_BUDGET = 64 * MiB;
+/** Bodies of single-request puts, held whole while checked, all of a sink's puts together. */
+const SINGLE_BUDGET = 24 * MiB;
+const SILENT = { trace() {}, debug() {}, info() {}, warn() {}, error() {} };
 const unquote = (etag: string | undefined) => etag?.replace(/"/g, '') ?? '';
 const NET = /^(ECONNREFUSED|ECONNRESET|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|EPIPE|EHOSTUNREACH|ENETUNREACH|TimeoutError|RequestTimeout)$/;
 const TLS = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS|ERR_SSL/;
@@ -109,17 +110,16 @@ export function s3Error(err: unknown, doing: string, url: string, endpoint: stri
 }
 
 /**
- * Passes bytes through while checking them against the declared size and sha256; errors (so the
- * upload fails) on the first byte too many or, at the end, on a short or different stream. Also
- * keeps the MD5 of every `partSize` slice, which is what S3 ETags are made of.
+ * Passes a single-request object's bytes through while checking them against the declared size
+ * and sha256; errors (so nothing is sent) on the first byte too many or, at the end, on a short or
+ * different stream. Also keeps their MD5, for Content-MD5 and the ETag check.
  */
-type Want = { size: number; sha256: string; partSize: number; url: string };
+type Want = { size: number; sha256: string; url: string };
 class Verifier extends Transform {
   failure: ObjectError | undefined;
-  readonly partMd5s: Buffer[] = [];
+  md5: Buffer | undefined;
   private readonly sha = createHash('sha256');
-  private md5: Hash = createHash('md5');
-  private inPart = 0;
+  private readonly md5Hash = createHash('md5');
   private seen = 0;
   private readonly want: Want;
 
@@ -129,7 +129,7 @@ class Verifier extends Transform {
   }
 
   private fail(detail: string): ObjectError {
-    this.failure = new ObjectError('MISMATCH', `${this.want.url}: the source's bytes are not the ones declared (${detail}); nothing was written under the key; the source is damaged or changed while being read`);
+    this.failure = sourceMismatch(this.want.url, detail);
     return this.failure;
   }
 
@@ -137,19 +137,12 @@ class Verifier extends Transform {
     this.seen += chunk.length;
     if (this.seen > this.want.size) return cb(this.fail(`more than the ${this.want.size} bytes declared`));
     this.sha.update(chunk);
-    for (let off = 0; off < chunk.length; ) {
-      const n = Math.min(chunk.length - off, this.want.partSize - this.inPart);
-      this.md5.update(chunk.subarray(off, (off += n)));
-      if ((this.inPart += n) < this.want.partSize) continue;
-      this.partMd5s.push(this.md5.digest());
-      this.md5 = createHash('md5');
-      this.inPart = 0;
-    }
+    this.md5Hash.update(chunk);
     cb(null, chunk);
   }
 
   override _flush(cb: TransformCallback): void {
-    if (this.inPart > 0 || this.partMd5s.length === 0) this.partMd5s.push(this.md5.digest());
+    this.md5 = this.md5Hash.digest();
     const sha = this.sha.digest('hex');
     if (this.seen !== this.want.size) return cb(this.fail(`${this.seen} bytes where ${this.want.size} were declared`));
     if (sha !== this.want.sha256) return cb(this.fail(`sha256 ${sha} where ${this.want.sha256} was declared`));
@@ -189,9 +182,6 @@ class Budget {
   }
 }
 
-/** What a PutObject or CompleteMultipartUpload answered that tells whether its ETag is an MD5. */
-type Stored = { ETag?: string | undefined; ServerSideEncryption?: string | undefined; SSECustomerAlgorithm?: string | undefined };
-
 function readCa(file: string): Buffer {
   try {
     return readFileSync(file);
@@ -209,30 +199,29 @@ export class S3Sink {
   /** Objects larger than this go up in parts, one multipart upload at a time. */
   readonly partSize: number;
   private readonly queueSize: number;
+  private readonly maxAttempts: number;
   private readonly client: S3Client;
+  /** The same, making one attempt per request: for part bodies that are streams (see s3-parts.ts). */
+  private readonly partClient: S3Client;
   /**
-   * Memory is bounded per sink, not per put, since callers run several puts at once (install: 4).
-   * Multipart uploads take turns in one lane: a big object is bandwidth-bound, so a second one at
-   * the same time would only double its (queueSize + 1) parts of memory (40 MiB by default), not
-   * the speed. Single-PUT objects are held whole, so they share what is left of the budget by
-   * bytes (24 MiB by default): many small ones run side by side, where round trips set the pace.
-   * The two pools never wait on each other, so neither starves the other.
+   * Callers run several puts at once (install: 4). Multipart uploads take turns in one lane: a big
+   * object is bandwidth-bound and already sends `queueSize` parts side by side. Single-PUT objects
+   * are held whole, so they share SINGLE_BUDGET by bytes: many small ones run side by side, where
+   * round trips set the pace. The two pools never wait on each other, so neither starves the other.
    */
   private readonly multipart: Budget = new Budget(1);
-  private readonly multipartBytes: number;
   private readonly singleBytes: Budget;
 
   constructor(opts: S3SinkOptions) {
     if (!opts.bucket) throw new ObjectError('STORE', 'no S3 bucket given; name the bucket to install into');
     this.bucket = opts.bucket;
     this.region = opts.region || 'us-east-1';
-    // Small parts keep memory low: (queueSize + 1) × 8 MiB, well under the RSS budget.
     this.partSize = opts.partSize ?? 8 * MiB;
     this.queueSize = opts.queueSize ?? 4;
     if (!Number.isSafeInteger(this.partSize) || this.partSize < 5 * MiB) throw new ObjectError('STORE', `S3 part size ${this.partSize} is below S3's minimum of 5 MiB`);
     if (!Number.isSafeInteger(this.queueSize) || this.queueSize < 1) throw new ObjectError('STORE', `S3 queue size ${this.queueSize} must be at least 1`);
-    this.multipartBytes = (this.queueSize + 1) * this.partSize;
-    this.singleBytes = new Budget(Math.max(this.partSize, BUFFER_BUDGET - this.multipartBytes));
+    this.singleBytes = new Budget(Math.max(this.partSize, SINGLE_BUDGET));
+    this.maxAttempts = opts.maxAttempts ?? 6;
     let endpoint: string | undefined;
     if (opts.endpoint) {
       // Whatever userinfo or query the URL carries is not ours to show or to send.
@@ -244,7 +233,7 @@ export class S3Sink {
     this.description = `s3://${this.bucket} at ${this.endpoint}`;
     const ca = opts.caFile ? readCa(opts.caFile) : undefined;
     const tls = ca || opts.insecureSkipVerify ? { httpsAgent: new Agent({ keepAlive: true, maxSockets: 50, ...(ca ? { ca } : {}), ...(opts.insecureSkipVerify ? { rejectUnauthorized: false } : {}) }) } : {};
-    this.client = new S3Client({
+    const config = {
       region: this.region,
       ...(endpoint ? { endpoint } : {}),
       ...(opts.credentials ? { credentials: opts.credentials } : {}),
@@ -252,12 +241,14 @@ export class S3Sink {
       forcePathStyle: true,
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
-      // As many attempts as the registry transport makes: a burst of three 5xx must not end an install.
-      maxAttempts: opts.maxAttempts ?? 6,
       // The options form: the SDK builds its own NodeHttpHandler, so we need no import of its package.
       // Without socketTimeout the SDK waits forever on a server that stops answering mid-request.
       requestHandler: { ...tls, connectionTimeout: 30_000, socketTimeout: opts.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS },
-    });
+    } as const;
+    // As many attempts as the registry transport makes: a burst of three 5xx must not end an install.
+    this.client = new S3Client({ ...config, maxAttempts: this.maxAttempts });
+    // Its own logger: the SDK's default prints a warning to the console for every failed stream body, which we retry.
+    this.partClient = new S3Client({ ...config, maxAttempts: 1, logger: SILENT });
   }
 
   private fail(err: unknown, doing: string, key?: string): ObjectError {
@@ -326,7 +317,7 @@ export class S3Sink {
    * partial bytes: the source is checked as it is read, and an upload whose ETag is not the one
    * of the bytes sent is removed.
    */
-  async put(key: string, size: number, sha256: string, open: () => Promise<Readable>, opts: PutOptions = {}): Promise<PutResult> {
+  async put(key: string, size: number, sha256: string, open: OpenSource, opts: PutOptions = {}): Promise<PutResult> {
     const url = `s3://${this.bucket}/${key}`;
     if (!key || !Number.isSafeInteger(size) || size < 0 || !/^[0-9a-f]{64}$/.test(sha256)) throw new ObjectError('STORE', `${url}: put needs a key, a byte size and a lowercase hex sha256`);
     const { listed } = opts;
@@ -337,12 +328,33 @@ export class S3Sink {
       const have = await this.head(key);
       if (have && have.size === size && have.sha256 === sha256) return { key, how: 'skipped', size, sha256, ...(have.etag ? { etag: have.etag } : {}) };
     }
-    // At most 10,000 parts: very large objects get larger parts, and then fewer of them in flight.
+    // At most 10,000 parts: very large objects get larger parts.
     const partSize = Math.max(this.partSize, Math.ceil(size / MAX_PARTS / MiB) * MiB);
-    const single = size <= partSize;
-    const queueSize = Math.max(1, Math.min(this.queueSize, Math.floor(this.multipartBytes / partSize) - 1));
+    if (size > partSize) {
+      const release = await this.multipart.take(1);
+      try {
+        const { stored, partMd5s } = await uploadParts({
+          client: this.client,
+          partClient: this.partClient,
+          bucket: this.bucket,
+          key,
+          url,
+          size,
+          sha256,
+          partSize,
+          parallel: this.queueSize,
+          maxAttempts: this.maxAttempts,
+          open,
+          fail: (err, doing) => this.fail(err, doing, key),
+        });
+        const etag = `${createHash('md5').update(Buffer.concat(partMd5s)).digest('hex')}-${partMd5s.length}`;
+        return { key, how: 'uploaded', size, sha256, etag: await this.check(key, url, etag, stored) };
+      } finally {
+        release();
+      }
+    }
     // Taken before the source is opened: a put that waits holds neither memory nor a file.
-    const release = await (single ? this.singleBytes.take(size) : this.multipart.take(1));
+    const release = await this.singleBytes.take(size);
     let source: Readable;
     try {
       source = await open();
@@ -350,26 +362,18 @@ export class S3Sink {
       release();
       throw err;
     }
-    const v = new Verifier({ size, sha256, partSize, url });
+    const v = new Verifier({ size, sha256, url });
     let sourceError: unknown;
     let stored: Stored;
     try {
       source.once('error', (err) => (sourceError = err));
       pipeline(source, v, () => {}); // a source error reaches `v` and fails the upload
-      const params = { Bucket: this.bucket, Key: key, Metadata: { sha256 } };
-      if (single) {
-        // Small enough to hold: checked before a byte is sent, and the SDK can retry a buffer. One
-        // buffer of the declared size: the Verifier fails before passing on a byte too many.
-        const body = Buffer.allocUnsafe(size);
-        let at = 0;
-        for await (const c of v) at += (c as Buffer).copy(body, at);
-        const md5 = v.partMd5s[0]!.toString('base64');
-        stored = await this.client.send(new PutObjectCommand({ ...params, Body: body, ContentLength: size, ContentMD5: md5 }));
-      } else {
-        // A bad stream fails the part reader; Upload then aborts the multipart upload before done()
-        // settles, and S3 shows nothing under the key until CompleteMultipartUpload.
-        stored = await new Upload({ client: this.client, params: { ...params, Body: v }, partSize, queueSize, leavePartsOnError: false }).done();
-      }
+      // Small enough to hold: checked before a byte is sent, and the SDK can retry a buffer. One
+      // buffer of the declared size: the Verifier fails before passing on a byte too many.
+      const body = Buffer.allocUnsafe(size);
+      let at = 0;
+      for await (const c of v) at += (c as Buffer).copy(body, at);
+      stored = await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Metadata: { sha256 }, Body: body, ContentLength: size, ContentMD5: v.md5!.toString('base64') }));
     } catch (err) {
       if (v.failure) throw v.failure;
       if (sourceError instanceof ObjectError) throw sourceError;
@@ -379,9 +383,7 @@ export class S3Sink {
       v.destroy();
       release();
     }
-    const parts = v.partMd5s;
-    const etag = parts.length === 1 ? parts[0]!.toString('hex') : `${createHash('md5').update(Buffer.concat(parts)).digest('hex')}-${parts.length}`;
-    return { key, how: 'uploaded', size, sha256, etag: await this.check(key, url, etag, stored) };
+    return { key, how: 'uploaded', size, sha256, etag: await this.check(key, url, v.md5!.toString('hex'), stored) };
   }
 
   /**
@@ -400,5 +402,6 @@ export class S3Sink {
 
   close(): void {
     this.client.destroy();
+    this.partClient.destroy();
   }
 }

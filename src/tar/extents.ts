@@ -84,21 +84,21 @@ export class ExtentFiles implements LayoutFiles {
     return this.stream(path, offset);
   }
 
-  /** The file's bytes from `offset` to its end, straight from the extents. */
-  stream(path: string, offset = 0): Readable {
+  /** The file's bytes from `offset` on (`length` of them, else to its end), straight from the extents. */
+  stream(path: string, offset = 0, length?: number): Readable {
     const s = this.#stored(path);
-    if (!Number.isSafeInteger(offset) || offset < 0 || offset > s.size) {
-      throw new OciError('LAYOUT', `${this.description}: offset ${offset} is outside ${path} (${s.size} bytes)`);
+    const end = length === undefined ? s.size : offset + length;
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(end) || end < offset || end > s.size) {
+      throw new OciError('LAYOUT', `${this.description}: bytes ${offset} to ${end} are outside ${path} (${s.size} bytes)`);
     }
     const ranges: { file: string; start: number; end: number }[] = [];
-    let skip = offset;
+    // Extent by extent: the part of [offset, end) each one holds, in file positions.
+    let at = 0;
     for (const e of s.extents) {
-      if (skip >= e.size) {
-        skip -= e.size;
-        continue;
-      }
-      ranges.push({ file: e.file, start: e.offset + skip, end: e.offset + e.size - 1 });
-      skip = 0;
+      const from = Math.max(offset, at);
+      const to = Math.min(end, at + e.size);
+      if (from < to) ranges.push({ file: e.file, start: e.offset + (from - at), end: e.offset + (to - at) - 1 });
+      at += e.size;
     }
     if (ranges.length === 0) {
       // createReadStream refuses start > end, so an empty range gets an empty stream of its own.

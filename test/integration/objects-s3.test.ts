@@ -9,8 +9,9 @@ import { GetObjectCommand, HeadObjectCommand, ListMultipartUploadsCommand, PutOb
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { isObjectError } from '../../src/objects/cache.ts';
 import { S3Sink, type S3SinkOptions } from '../../src/objects/s3.ts';
-import { seededBytes } from '../fixtures/bytes.ts';
+import { seededBytes, seededRange } from '../fixtures/bytes.ts';
 import { startProcess, type ServerProcess } from '../testbed/process.ts';
+import { startFaultProxy, type FaultProxy } from '../testbed/fault-proxy.ts';
 import { MOTO_BIN } from '../testbed/servers.ts';
 import { run } from '../testbed/run.ts';
 import { rejection } from '../unit/helpers.ts';
@@ -36,7 +37,8 @@ async function digest(seed: string, size: number): Promise<string> {
   for await (const c of seededBytes(seed, size)) h.update(c as Buffer);
   return h.digest('hex');
 }
-const source = (seed: string, size: number) => () => Promise.resolve(seededBytes(seed, size));
+/** A put's source: the whole object, or the range a part asks for. */
+const source = (seed: string, size: number) => (range?: { start: number; length: number }) => Promise.resolve(range ? seededRange(seed, size, range.start, range.length) : seededBytes(seed, size));
 
 let work: string;
 /** The object's bytes fetched with GetObject into a file and hashed by `sha256sum`: an independent oracle. */
@@ -187,6 +189,44 @@ describe('S3Sink against moto', () => {
       expect((await headOrUndefined(key))?.Metadata?.['sha256']).toBe(good);
       expect(await inflight()).toEqual([]);
     });
+  });
+});
+
+describe('S3Sink multipart through a faulty connection', () => {
+  let proxy: FaultProxy;
+  beforeAll(async () => {
+    proxy = await startFaultProxy({ name: 's3', upstream: bed.s3.endpoint, seed: 7 });
+  });
+  afterAll(() => proxy?.close());
+
+  it('sends a cut, throttled or refused part again from its own range, and completes once', async () => {
+    const size = 22 * MiB + 5;
+    const sha = await digest('faulty', size);
+    const part = (n: number) => new RegExp(`/faulty\\.bin\\?.*partNumber=${n}&`);
+    proxy.setRules([
+      { name: 'part 2 cut', fault: { kind: 'cut-upload', at: { min: 100_000, max: 200_000 } }, method: 'PUT', path: part(2), limit: 1 },
+      { name: 'part 3 throttled', fault: { kind: 'throttle', retryAfterSeconds: 1 }, method: 'PUT', path: part(3), limit: 1 },
+      { name: 'part 4 refused', fault: { kind: 'status', statuses: [503, 500] }, method: 'PUT', path: part(4), limit: 2 },
+    ]);
+    const opened: string[] = [];
+    const open = source('faulty', size);
+    const sinkViaProxy = new S3Sink({ ...base, endpoint: proxy.origin, queueSize: 3 });
+    try {
+      const res = await sinkViaProxy.put('faulty.bin', size, sha, (range) => (opened.push(range ? `${range.start}+${range.length}` : 'whole'), open(range)));
+      expect(res).toMatchObject({ how: 'uploaded', etag: expect.stringMatching(/^[0-9a-f]{32}-5$/) });
+    } finally {
+      sinkViaProxy.close();
+    }
+    expect(proxy.counts()).toEqual({ 'part 2 cut': 1, 'part 3 throttled': 1, 'part 4 refused': 2 });
+    // Each faulted part was read again from its own range; the others once; the whole once, for its sha256.
+    const times = (r: string) => opened.filter((o) => o === r).length;
+    expect([times('whole'), times(`0+${5 * MiB}`), times(`${5 * MiB}+${5 * MiB}`), times(`${10 * MiB}+${5 * MiB}`), times(`${15 * MiB}+${5 * MiB}`), times(`${20 * MiB}+${2 * MiB + 5}`)]).toEqual([1, 1, 2, 2, 3, 1]);
+    const throttled = proxy.injected.find((i) => i.rule === 'part 3 throttled')!;
+    const again = proxy.seen.find((x) => x.at > throttled.at && x.method === 'PUT' && x.path === throttled.path);
+    expect(again!.at - throttled.at).toBeGreaterThanOrEqual(1000 - 20);
+    expect(proxy.seen.filter((x) => x.method === 'POST' && /faulty\.bin\?uploadId=/.test(x.path))).toHaveLength(1); // completed once
+    expect(await storedSha256('faulty.bin')).toBe(sha);
+    expect((await headOrUndefined('faulty.bin'))?.ETag).toBe(`"${(await sink.head('faulty.bin'))!.etag}"`);
   });
 });
 
