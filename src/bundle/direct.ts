@@ -59,6 +59,42 @@ export interface DirectBundle {
   done: Map<string, string>;
   /** `FILE.partial.done`, open for appending. */
   journal: FileHandle;
+  flusher: Flusher;
+}
+
+/** Bytes landed between two flushes to disk while fetching. */
+const FLUSH_EVERY = 256 << 20;
+
+/**
+ * Flushes the file to disk after every FLUSH_EVERY bytes landed, one flush at a time and not
+ * awaited, so the page cache writeback (~3.3 CPU s per GiB on this project's test VMs) overlaps
+ * the fetch instead of all of it waiting in the final fsync. Its error is kept for the finish:
+ * Linux reports a writeback error to one fsync only, so the final one might not see it again.
+ */
+class Flusher {
+  readonly #fh: FileHandle;
+  #unflushed = 0;
+  #running: Promise<void> | undefined;
+  #error: unknown;
+
+  constructor(fh: FileHandle) {
+    this.#fh = fh;
+  }
+
+  landed(bytes: number): void {
+    if ((this.#unflushed += bytes) < FLUSH_EVERY || this.#running) return;
+    this.#unflushed = 0;
+    this.#running = this.#fh
+      .datasync()
+      .catch((err: unknown) => void (this.#error ??= err))
+      .finally(() => (this.#running = undefined));
+  }
+
+  /** Waits for the flush in flight; throws what any flush failed with. */
+  async settled(): Promise<void> {
+    await this.#running;
+    if (this.#error) throw this.#error;
+  }
 }
 
 const JOURNAL_MAGIC = 'cartesia-airgap direct bundle 1';
@@ -66,6 +102,7 @@ const JOURNAL_MAGIC = 'cartesia-airgap direct bundle 1';
 /** Marks an entry whole in the partial file; written only after its bytes are. */
 async function landed(d: DirectBundle, path: string, sha256: string): Promise<void> {
   d.done.set(path, sha256);
+  d.flusher.landed(placeOf(d, path).size);
   await d.journal.write(`${sha256} ${path}\n`); // one O_APPEND write per line: whole lines even with many in flight
 }
 
@@ -112,7 +149,7 @@ export async function openDirect(output: string, head: readonly HeadEntry[], ent
   // Rewritten whole (only what re-hashed right), then appended to.
   await writeFileAtomic(`${partial}.done`, header + [...done].map(([path, sha]) => `${sha} ${path}\n`).join(''));
   const journal = await open(`${partial}.done`, 'a');
-  return { output, partial, fh, places, dataStart, size, done, journal };
+  return { output, partial, fh, places, dataStart, size, done, journal, flusher: new Flusher(fh) };
 }
 
 /** The partial file an earlier run of this same plan left, with the entries in it that still hash right. */
@@ -142,7 +179,8 @@ async function resume(partial: string, header: string, places: Map<string, Place
  * Closes the files of a direct bundle that stopped. The partial file and its record stay: they are
  * what a re-run resumes from (it refetches only what had not landed whole).
  */
-export async function closeDirect(d: Pick<DirectBundle, 'fh' | 'journal'>): Promise<void> {
+export async function closeDirect(d: Pick<DirectBundle, 'fh' | 'journal' | 'flusher'>): Promise<void> {
+  await d.flusher.settled().catch(() => {});
   await d.fh.close().catch(() => {});
   await d.journal.close().catch(() => {});
 }
@@ -295,6 +333,7 @@ export async function finishDirect(d: DirectBundle, head: readonly HeadEntry[], 
     await writeAt(d.fh, END_OF_ARCHIVE, d.size - END_OF_ARCHIVE.length);
     // The flush to disk and the one read of the whole file (from the page cache) overlap. The main
     // thread has nothing else to do by now: no worker (a second isolate was the run's peak RSS).
+    await d.flusher.settled();
     const [, hash] = await Promise.all([d.fh.sync(), hashRange(d.fh, 0, d.size, createHash('sha256'))]);
     const sha256 = hash.digest('hex');
     await d.fh.close();
