@@ -9,6 +9,7 @@ import { retryAfterMs } from '../util/retry-after.ts';
 import { DEFAULT_STALL_TIMEOUT_MS } from '../util/stall.ts';
 import { byKey, ObjectError } from './cache.ts';
 import type { ObjectInfo, ObjectSource } from './types.ts';
+import { QUEUE_BYTES } from '../util/queue-bytes.ts';
 
 export interface GcsSourceOptions {
   /** An emulator or mirror, e.g. http://127.0.0.1:PORT (Storage's `apiEndpoint`). */
@@ -192,7 +193,7 @@ export class GcsSource implements ObjectSource {
     let skip = 0;
     let timer: NodeJS.Timeout | undefined;
     const out = new Transform({
-      highWaterMark: 1 << 20,
+      highWaterMark: QUEUE_BYTES,
       transform(chunk: Buffer, _enc, done) {
         watch();
         // A server that ignored Range sent the object from its first byte: drop what we have.

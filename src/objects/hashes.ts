@@ -3,6 +3,7 @@ import { createReadStream } from 'node:fs';
 import { Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createCRC32, type IHasher } from 'hash-wasm';
+import { QUEUE_BYTES } from '../util/queue-bytes.ts';
 
 /** What one pass over an object's bytes yields, in the encodings GCS and the bundle use. */
 export interface ObjectHashes {
@@ -28,7 +29,7 @@ export class MultiHasher extends Transform {
   size = 0;
 
   private constructor(crc: IHasher, md5: boolean) {
-    super({ highWaterMark: CHUNK });
+    super({ highWaterMark: QUEUE_BYTES });
     this.crc = crc;
     this.md5 = md5 ? createHash('md5') : undefined;
   }

@@ -2,6 +2,7 @@ import { createHash, type Hash } from 'node:crypto';
 import { Transform, type TransformCallback } from 'node:stream';
 import { OciError } from './errors.ts';
 import type { Descriptor } from './types.ts';
+import { QUEUE_BYTES } from '../util/queue-bytes.ts';
 
 // Only sha256 for now: every registry and layout we meet uses it; anything else is refused, so a
 // digest string is always safe to use as a path component.
@@ -40,7 +41,7 @@ export class VerifyingStream extends Transform {
   #seen: number;
 
   constructor(desc: Pick<Descriptor, 'digest' | 'size'>, prefix?: { hash: Hash; bytes: number }) {
-    super({ readableHighWaterMark: 1 << 20, writableHighWaterMark: 1 << 20 });
+    super({ highWaterMark: QUEUE_BYTES });
     digestHex(desc.digest);
     this.#desc = desc;
     this.#hash = prefix?.hash ?? createHash('sha256');

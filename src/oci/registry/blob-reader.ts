@@ -4,6 +4,7 @@ import { OciError } from '../errors.ts';
 import { describeNetworkError, drain, header, isTransientNetworkError } from '../http/transport.ts';
 import type { Descriptor } from '../types.ts';
 import { registryError, type RegistryClient } from './client.ts';
+import { QUEUE_BYTES } from '../../util/queue-bytes.ts';
 
 /**
  * A blob's bytes from `offset`, as one stream that survives dropped connections: after a reset
@@ -53,5 +54,5 @@ export function openRemoteBlob(client: RegistryClient, repository: string, desc:
       }
     }
   }
-  return Readable.from(bytes(), { objectMode: false, highWaterMark: 1 << 20 });
+  return Readable.from(bytes(), { objectMode: false, highWaterMark: QUEUE_BYTES });
 }
