@@ -87,7 +87,7 @@ export async function uploadParts(u: PartsUpload): Promise<{ stored: Stored; par
   const sendPart = async (p: (typeof parts)[number]): Promise<void> => {
     for (let attempt = 1; ; attempt++) {
       if (stop.signal.aborted) throw stop.signal.reason;
-      const meter = new PartMeter(p.length, (seen) => sourceMismatch(u.url, `part ${p.number}: ${seen ?? 'more than'} bytes where ${p.length} were declared`));
+      const meter = new PartMeter(p.length, (seen) => sourceMismatch(u.url, seen === undefined ? `part ${p.number}: more than the ${p.length} bytes declared` : `part ${p.number}: ${seen} bytes where ${p.length} were declared`));
       let sourceError: unknown;
       try {
         const body = await u.open({ start: p.start, length: p.length });

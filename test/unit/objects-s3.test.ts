@@ -50,7 +50,8 @@ const xmlError = (res: ServerResponse, status: number, code: string, extra = '')
 };
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const md5 = (b: Buffer) => createHash('md5').update(b).digest('hex');
-const from = (b: Buffer) => () => Promise.resolve(Readable.from([b]));
+/** A put's source over `b`: the whole of it, or the range a part asks for. */
+const from = (b: Buffer) => (range?: { start: number; length: number }) => Promise.resolve(Readable.from([range ? b.subarray(range.start, range.start + range.length) : b]));
 /**
  * Answers like S3 for one object: HEAD 404 until a PUT, then what `stored` says; the PUT's answer
  * carries `stored`'s ETag and encryption headers too, as S3 names what it stored.
@@ -342,7 +343,7 @@ describe('S3Sink.put in parts', () => {
     await Promise.all([0, 1, 2].map((i) => s.put(`big/${i}`, big.length, sha(big), from(big), { listed: null })));
     expect(stats.most).toBe(1);
 
-    // Default sizes: 5 × 8 MiB for the multipart lane leaves 24 MiB, three 8 MiB bodies at once.
+    // Single PUTs share 24 MiB of bodies: three 8 MiB bodies at once (multipart parts hold none).
     const full = Buffer.alloc(8 * MiB, 7);
     multipartServer({ delayMs: 400 }); // long enough for every body the budget lets go to arrive
     let inFlight = 0;
