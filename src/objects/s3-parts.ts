@@ -155,5 +155,6 @@ const readFailed = (url: string, err: unknown) =>
   err instanceof ObjectError ? err : new ObjectError('STORE', `${url}: reading the source failed (${(err as NodeJS.ErrnoException)?.code ?? 'error'}); nothing was written under the key`);
 
 type SdkError = { $metadata?: { httpStatusCode?: unknown }; $response?: { headers?: Record<string, string | undefined> } };
-const statusOf = (err: unknown) => ((s) => (typeof s === 'number' ? s : undefined))((err as SdkError | undefined)?.$metadata?.httpStatusCode);
+/** The HTTP status of an SDK error, when it has one. */
+export const statusOf = (err: unknown) => ((s) => (typeof s === 'number' ? s : undefined))((err as SdkError | undefined)?.$metadata?.httpStatusCode);
 const headerOf = (err: unknown, name: string) => (err as SdkError | undefined)?.$response?.headers?.[name];

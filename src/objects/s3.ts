@@ -6,7 +6,7 @@ import { CreateBucketCommand, DeleteObjectCommand, HeadBucketCommand, HeadObject
 import type { BucketLocationConstraint, HeadObjectCommandOutput, ListObjectsV2CommandOutput } from '@aws-sdk/client-s3';
 import { DEFAULT_STALL_TIMEOUT_MS } from '../util/stall.ts';
 import { ObjectError } from './cache.ts';
-import { sourceMismatch, uploadParts, type OpenSource, type Stored } from './s3-parts.ts';
+import { sourceMismatch, statusOf, uploadParts, type OpenSource, type Stored } from './s3-parts.ts';
 
 export interface S3SinkOptions {
   /** An S3-compatible server (MinIO, Ceph…), e.g. http://127.0.0.1:9000; without one: AWS. */
@@ -76,8 +76,7 @@ const DENIED: Record<string, string> = {
   InvalidToken: 'the session token is not valid',
 };
 
-type SdkError = { name?: unknown; Code?: unknown; code?: unknown; $metadata?: { httpStatusCode?: unknown } };
-const statusOf = (err: unknown) => ((s) => (typeof s === 'number' ? s : undefined))((err as SdkError | undefined)?.$metadata?.httpStatusCode);
+type SdkError = { name?: unknown; Code?: unknown; code?: unknown };
 /** The error's code (S3's `Code`, Node's `code`, or the SDK's `name`), only if it looks like one. */
 const codeOf = (err: unknown) => {
   const e = (err ?? {}) as SdkError;
