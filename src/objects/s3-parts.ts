@@ -151,8 +151,9 @@ async function checkWhole(u: PartsUpload, signal: AbortSignal): Promise<void> {
   if (got !== u.sha256) throw sourceMismatch(u.url, `sha256 ${got} where ${u.sha256} was declared`);
 }
 
-const readFailed = (url: string, err: unknown) =>
-  err instanceof ObjectError ? err : new ObjectError('STORE', `${url}: reading the source failed (${(err as NodeJS.ErrnoException)?.code ?? 'error'}); nothing was written under the key`);
+/** A source that failed to read, as the put's error (an ObjectError it raised itself stays as it is). */
+export const readFailed = (url: string, err: unknown, code = (err as NodeJS.ErrnoException)?.code ?? 'error') =>
+  err instanceof ObjectError ? err : new ObjectError('STORE', `${url}: reading the source failed (${code}); nothing was written under the key`);
 
 type SdkError = { $metadata?: { httpStatusCode?: unknown }; $response?: { headers?: Record<string, string | undefined> } };
 /** The HTTP status of an SDK error, when it has one. */

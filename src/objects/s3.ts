@@ -6,7 +6,7 @@ import { CreateBucketCommand, DeleteObjectCommand, HeadBucketCommand, HeadObject
 import type { BucketLocationConstraint, HeadObjectCommandOutput, ListObjectsV2CommandOutput } from '@aws-sdk/client-s3';
 import { DEFAULT_STALL_TIMEOUT_MS } from '../util/stall.ts';
 import { ObjectError } from './cache.ts';
-import { sourceMismatch, statusOf, uploadParts, type OpenSource, type Stored } from './s3-parts.ts';
+import { readFailed, sourceMismatch, statusOf, uploadParts, type OpenSource, type Stored } from './s3-parts.ts';
 
 export interface S3SinkOptions {
   /** An S3-compatible server (MinIO, Ceph…), e.g. http://127.0.0.1:9000; without one: AWS. */
@@ -375,8 +375,7 @@ export class S3Sink {
       stored = await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Metadata: { sha256 }, Body: body, ContentLength: size, ContentMD5: v.md5!.toString('base64') }));
     } catch (err) {
       if (v.failure) throw v.failure;
-      if (sourceError instanceof ObjectError) throw sourceError;
-      if (sourceError) throw new ObjectError('STORE', `${url}: reading the source failed (${codeOf(sourceError)}); nothing was written under the key`);
+      if (sourceError) throw readFailed(url, sourceError, codeOf(sourceError));
       throw this.fail(err, 'uploading', key);
     } finally {
       v.destroy();
