@@ -28,6 +28,7 @@ import type { ObjectInfo, ObjectSource } from '../objects/types.ts';
 import { encodeFileHeader, END_OF_ARCHIVE, paddingBytes } from '../tar/header.ts';
 import { SlotWriter } from '../tar/slot.ts';
 import { writeFileAtomic } from '../util/atomic.ts';
+import { BlockFile } from '../util/direct-io.ts';
 import { isNoSpace } from '../util/errors.ts';
 import { openPartial, syncDir, type EntrySource } from './writer.ts';
 
@@ -51,6 +52,8 @@ export interface DirectBundle {
   output: string;
   partial: string;
   fh: FileHandle;
+  /** `fh` and a handle around the page cache, for the bulk of the bytes. */
+  file: BlockFile;
   places: Map<string, Place>;
   /** Where the data entries start: bundle.json, its signature and SHA256SUMS fill what is before. */
   dataStart: number;
@@ -149,7 +152,8 @@ export async function openDirect(output: string, head: readonly HeadEntry[], ent
   // Rewritten whole (only what re-hashed right), then appended to.
   await writeFileAtomic(`${partial}.done`, header + [...done].map(([path, sha]) => `${sha} ${path}\n`).join(''));
   const journal = await open(`${partial}.done`, 'a');
-  return { output, partial, fh, places, dataStart, size, done, journal, flusher: new Flusher(fh) };
+  const file = await BlockFile.open(fh, partial);
+  return { output, partial, fh, file, places, dataStart, size, done, journal, flusher: new Flusher(fh) };
 }
 
 /** The partial file an earlier run of this same plan left, with the entries in it that still hash right. */
@@ -179,8 +183,9 @@ async function resume(partial: string, header: string, places: Map<string, Place
  * Closes the files of a direct bundle that stopped. The partial file and its record stay: they are
  * what a re-run resumes from (it refetches only what had not landed whole).
  */
-export async function closeDirect(d: Pick<DirectBundle, 'fh' | 'journal' | 'flusher'>): Promise<void> {
+export async function closeDirect(d: Pick<DirectBundle, 'fh' | 'file' | 'journal' | 'flusher'>): Promise<void> {
   await d.flusher.settled().catch(() => {});
+  await d.file.close();
   await d.fh.close().catch(() => {});
   await d.journal.close().catch(() => {});
 }
@@ -236,7 +241,7 @@ export class BundleSlots implements WriteTarget {
     for (let attempt = 1; ; attempt++) {
       // After a dropped connection: the bytes that reached the file are hashed again, the rest asked for.
       const hash = await hashRange(this.#d.fh, place.offset, have, createHash('sha256'));
-      const sink = new SlotWriter(this.#d.fh, { offset: place.offset, size: place.size, what: `blob ${desc.digest}` }, have);
+      const sink = new SlotWriter(this.#d.file, { offset: place.offset, size: place.size, what: `blob ${desc.digest}` }, have);
       try {
         let position = have;
         const count = new Transform({
@@ -295,7 +300,7 @@ async function hashRange(fh: FileHandle, offset: number, length: number, hash: H
 export async function fetchObjectInto(source: ObjectSource, info: ObjectInfo, d: DirectBundle, path: string, onBytes?: (n: number) => void): Promise<string> {
   const place = placeOf(d, path);
   const url = gsUrl(info);
-  const got = await streamObject(source, info, new SlotWriter(d.fh, { offset: place.offset, size: place.size, what: url }), onBytes);
+  const got = await streamObject(source, info, new SlotWriter(d.file, { offset: place.offset, size: place.size, what: url }), onBytes);
   const wrong = got.kind === 'bytes' ? mismatch(info, got.hashes) : got.kind === 'overflow' ? `size exceeds the ${info.size} bytes the store reports` : 'generation is gone';
   if (got.kind === 'bytes' && !wrong) {
     await landed(d, path, got.hashes.sha256);
@@ -331,11 +336,11 @@ export async function finishDirect(d: DirectBundle, head: readonly HeadEntry[], 
       if (!filled.has(e.path)) await fillFromSource(d, e, p);
     }
     await writeAt(d.fh, END_OF_ARCHIVE, d.size - END_OF_ARCHIVE.length);
-    // The flush to disk and the one read of the whole file (from the page cache) overlap. The main
-    // thread has nothing else to do by now: no worker (a second isolate was the run's peak RSS).
+    // The flush to disk and the one read of the whole file overlap. The main thread has nothing
+    // else to do by now: no worker (a second isolate was the run's peak RSS).
     await d.flusher.settled();
-    const [, hash] = await Promise.all([d.fh.sync(), hashRange(d.fh, 0, d.size, createHash('sha256'))]);
-    const sha256 = hash.digest('hex');
+    const [, sha256] = await Promise.all([d.fh.sync(), d.file.sha256(d.size)]);
+    await d.file.close();
     await d.fh.close();
     await rename(d.partial, d.output);
     await syncDir(dirname(d.output));
@@ -351,5 +356,5 @@ export async function finishDirect(d: DirectBundle, head: readonly HeadEntry[], 
 /** An entry that has a local source (installer, release files, the layout's small files), checked as it is copied. */
 async function fillFromSource(d: DirectBundle, e: EntrySource, p: Place): Promise<void> {
   const verify = new VerifyingStream({ digest: `sha256:${e.sha256}`, size: e.size });
-  await pipeline(await e.open(), verify, new SlotWriter(d.fh, { offset: p.offset, size: p.size, what: e.path }));
+  await pipeline(await e.open(), verify, new SlotWriter(d.file, { offset: p.offset, size: p.size, what: e.path }));
 }

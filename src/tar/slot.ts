@@ -3,17 +3,16 @@
  * `offset …offset+size` of an open file by positional writes, so several entries (layers and
  * artifacts arriving side by side) fill their own areas at once. Network chunks are gathered into
  * 1 MiB buffers first: one write per MiB, not one per 16-64 KiB chunk (the dispatch cost of small
- * writes was a tenth of bundle's CPU). Two buffers, so one fills while the other is written; no
- * larger than the slot, so the hundreds of small artifacts fetched side by side hold kilobytes.
+ * writes was a tenth of bundle's CPU), and each a whole number of blocks, so it can go around the
+ * page cache (util/direct-io.ts). Two pooled buffers, so one fills while the other is written;
+ * they go back to the pool when the slot is done.
  */
-import type { FileHandle } from 'node:fs/promises';
 import { Writable } from 'node:stream';
 import { OciError } from '../oci/errors.ts';
-
-const BUFFER = 1 << 20;
+import { BLOCK, DIRECT_BUFFER, releaseBuffer, takeBuffer, type BlockFile } from '../util/direct-io.ts';
 
 export class SlotWriter extends Writable {
-  readonly #fh: FileHandle;
+  readonly #file: BlockFile;
   readonly #offset: number;
   readonly #size: number;
   readonly #what: string;
@@ -28,16 +27,16 @@ export class SlotWriter extends Writable {
   #pending: Promise<void> = Promise.resolve();
 
   /** Fills the slot from byte `from` of the entry (an earlier attempt wrote the ones before). */
-  constructor(fh: FileHandle, slot: { offset: number; size: number; what: string }, from = 0) {
+  constructor(file: BlockFile, slot: { offset: number; size: number; what: string }, from = 0) {
     // Our own buffers do the batching; the stream's queue only has to keep the pipe moving.
     super({ highWaterMark: 64 * 1024 });
-    this.#fh = fh;
+    this.#file = file;
     this.#offset = slot.offset;
     this.#size = slot.size;
     this.#what = slot.what;
     this.#accepted = from;
     this.#written = from;
-    this.#bufferSize = Math.max(1, Math.min(BUFFER, slot.size - from));
+    this.#bufferSize = Math.max(1, Math.min(DIRECT_BUFFER, slot.size - from));
   }
 
   /** Bytes of the entry in the file for sure, even after a failure. */
@@ -61,20 +60,21 @@ export class SlotWriter extends Writable {
   }
 
   override _destroy(err: Error | null, done: (err?: Error | null) => void): void {
-    // A write in flight must finish before the caller reuses or closes the file.
-    void this.#pending.then(
-      () => done(err),
-      () => done(err),
-    );
+    // A write in flight must finish before the caller reuses or closes the file, or the buffer is reused.
+    const settled = () => {
+      this.#buffers.splice(0).forEach(releaseBuffer);
+      done(err);
+    };
+    void this.#pending.then(settled, settled);
   }
 
   async #take(chunk: Buffer): Promise<void> {
     for (let at = 0; at < chunk.length; ) {
-      const buf = (this.#buffers[this.#filling] ??= Buffer.allocUnsafeSlow(this.#bufferSize));
-      const n = chunk.copy(buf, this.#fill, at);
+      const buf = (this.#buffers[this.#filling] ??= takeBuffer());
+      const n = chunk.copy(buf, this.#fill, at, at + Math.min(chunk.length - at, this.#bufferSize - this.#fill));
       this.#fill += n;
       at += n;
-      if (this.#fill === buf.length) await this.#flush();
+      if (this.#fill === this.#bufferSize) await this.#flush();
     }
   }
 
@@ -85,13 +85,9 @@ export class SlotWriter extends Writable {
     const buf = this.#buffers[this.#filling]!;
     const length = this.#fill;
     const at = this.#offset + this.#written;
-    this.#pending = (async () => {
-      for (let done = 0; done < length; ) {
-        const { bytesWritten } = await this.#fh.write(buf, done, length - done, at + done);
-        done += bytesWritten;
-      }
-      this.#written += length;
-    })();
+    // The padding after the entry's last byte is the tar's, zeros: the last block may be written whole.
+    const padTo = this.#offset + Math.ceil(this.#size / BLOCK) * BLOCK;
+    this.#pending = this.#file.write(buf, length, at, padTo).then(() => void (this.#written += length));
     this.#filling ^= 1;
     this.#fill = 0;
   }
