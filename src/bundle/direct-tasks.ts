@@ -1,13 +1,11 @@
 /** The steps of `bundle --direct` (direct.ts) as the bundle phases call them. */
 import { rm, stat } from 'node:fs/promises';
+import pLimit from 'p-limit';
 import { mapBounded } from '../util/bounded.ts';
 import { digestHex } from '../oci/digest.ts';
-import { IMAGE_NAME } from '../oci/layout/index-json.ts';
-import { copyGraph } from '../oci/copy.ts';
-import { formatReference } from '../oci/reference.ts';
+import type { Descriptor, ReadTarget } from '../oci/types.ts';
 import { bundleContent, type CarriedObject } from './content.ts';
-import { BundleSlots, fetchObjectInto, finishDirect, openDirect, PLACEHOLDER } from './direct.ts';
-import { refName } from './images.ts';
+import { BundleSlots, closeDirect, fetchObjectInto, fillLocal, finishDirect, openDirect, PLACEHOLDER, writeHead } from './direct.ts';
 import { openBundle } from './reader.ts';
 import type { BundleContext, BundleOptions } from './tasks.ts';
 import { bundleHead, checkEntries, checkMtime, existingBundle, type WriteBundleResult } from './writer.ts';
@@ -45,6 +43,19 @@ export async function planDirect(o: BundleOptions, ctx: BundleContext): Promise<
   // An artifact overwritten since an interrupted run makes that run's partial file useless.
   const versions = ctx.objects!.map((x) => `${x.bucket}/${x.key} ${x.size} ${x.generation ?? ''} ${x.md5 ?? ''} ${x.crc32c ?? ''}`);
   ctx.direct = await openDirect(o.output, head.head, entries, mtime, versions);
+  try {
+    await fillLocal(ctx.direct, entries, fetchedPaths(ctx));
+  } catch (err) {
+    await closeDirect(ctx.direct);
+    throw err;
+  }
+}
+
+/** The entries the fetch fills: artifacts, image blobs and manifests. */
+function fetchedPaths(ctx: BundleContext): Set<string> {
+  const paths = new Set<string>(ctx.carried!.map((c) => `artifacts/${c.bucket}/${c.key}`));
+  for (const p of ctx.planned!) for (const d of [...p.graph.manifests, ...p.graph.blobs]) paths.add(pathOf(d));
+  return paths;
 }
 
 async function existingArtifacts(output: string): Promise<Map<string, { size: number; md5?: string; crc32c?: string; sha256: string }>> {
@@ -52,20 +63,52 @@ async function existingArtifacts(output: string): Promise<Map<string, { size: nu
   return new Map((old?.manifest.artifacts ?? []).map((a) => [`${a.bucket}/${a.key}`, a]));
 }
 
-/** Each planned image's blobs and manifests into their places (every blob once, however many images share it). */
-export async function fetchImagesDirect(ctx: BundleContext, concurrency: number, progress: (bytes: number) => void): Promise<void> {
-  const slots = new BundleSlots(ctx.direct!);
-  ctx.imageBytesFetched = 0;
+const LARGE = 128 << 20;
+
+/**
+ * Each planned image's manifests and blobs into their places (every one once, however many images
+ * share it), mostly in the order they lie in the file, so the whole-file hash can follow close behind.
+ * One at a time until `artifacts` settles, then `concurrency`: bundle.json lists the artifacts'
+ * sha256 and the hash starts only once it is written, so the artifacts go first without leaving
+ * the registry idle. The plan walked every graph already: nothing is left to discover.
+ */
+export async function fetchImagesDirect(ctx: BundleContext, concurrency: number, artifacts: Promise<unknown>, progress: (bytes: number) => void): Promise<void> {
+  const d = ctx.direct!;
+  const slots = new BundleSlots(d);
+  const lanes = pLimit(1);
+  void artifacts.finally(() => (lanes.concurrency = concurrency)).catch(() => {});
+  const items = new Map<string, { desc: Descriptor; manifest: boolean; repository: ReadTarget; uses: number }>();
   for (const p of ctx.planned!) {
-    const r = await copyGraph(p.repository, slots, p.selected.root.digest, refName(p), {
-      concurrency,
-      annotations: { [IMAGE_NAME]: formatReference(p.spec.source) },
-      onEvent: (e) => {
-        if (e.type === 'blob-done') progress(e.size);
-      },
-    });
-    ctx.imageBytesFetched += r.bytesTransferred;
+    for (const [list, manifest] of [[p.graph.manifests, true], [p.graph.blobs, false]] as const) {
+      for (const desc of list) {
+        const item = items.get(desc.digest);
+        if (item) item.uses++;
+        else items.set(desc.digest, { desc, manifest, repository: p.repository, uses: 1 });
+      }
+    }
   }
+  // Large blobs first (one stream each, they take longest and would be what the hash waits for
+  // last), then the rest in file order. 4 GiB bench: final phase 3.3-3.8 → 2.2-3.3 s.
+  const offset = (desc: Descriptor) => d.places.get(pathOf(desc))!.offset;
+  const order = [...items.values()].sort((a, b) => Number(b.desc.size >= LARGE) - Number(a.desc.size >= LARGE) || offset(a.desc) - offset(b.desc));
+  ctx.imageBytesFetched = 0;
+  await mapBounded(order, lanes, async ({ desc, manifest, repository, uses }) => {
+    if (manifest) {
+      if (!(await slots.hasManifest(desc))) await slots.pushManifest(desc, await repository.fetchManifest(desc));
+    } else {
+      const r = await slots.pushBlob(desc, (offset) => repository.openBlob(desc, offset));
+      ctx.imageBytesFetched += r.bytesTransferred; // not `+= await`: that would add to the value read before the wait
+    }
+    progress(desc.size * uses); // as each image that has it would count it
+  });
+}
+
+const pathOf = (desc: Descriptor) => `images/blobs/sha256/${digestHex(desc.digest)}`;
+
+/** Images and artifacts side by side, artifacts first (see fetchImagesDirect): [images, artifacts]. */
+export function fetchDirect(o: BundleOptions, ctx: BundleContext, progress: (bytes: number) => void): [Promise<void>, Promise<void>] {
+  const artifacts = fetchArtifactsDirect(o, ctx, progress);
+  return [fetchImagesDirect(ctx, o.concurrency, artifacts, progress), artifacts];
 }
 
 /** Each listed artifact into its place; its sha256 recorded for bundle.json. */
@@ -82,15 +125,14 @@ export async function fetchArtifactsDirect(o: BundleOptions, ctx: BundleContext,
     ctx.objectBytesFetched += c.size;
     progress(c.size);
   });
-}
-
-/** Headers, small entries and bundle.json with the real hashes, then the rename. */
-export async function writeDirect(o: BundleOptions, ctx: BundleContext): Promise<WriteBundleResult> {
+  // Every sha256 bundle.json lists is known now: it can be written, and the whole-file hash start.
   const { entries, manifest, mtime } = await bundleContent(o, ctx, ctx.carried!);
   const { head, manifest: full } = bundleHead({ manifest, entries, ...(o.signingKey ? { signingKey: o.signingKey } : {}) });
-  const filled = new Set<string>([...ctx.carried!.map((c) => `artifacts/${c.bucket}/${c.key}`)]);
-  for (const p of ctx.planned!) for (const d of [...p.graph.manifests, ...p.graph.blobs]) filled.add(`images/blobs/sha256/${digestHex(d.digest)}`);
-  const tar = await finishDirect(ctx.direct!, head, entries, mtime, filled);
-  return { path: o.output, size: tar.size, sha256: tar.sha256, manifest: full, upToDate: false };
+  await writeHead(ctx.direct!, head, mtime, full);
 }
 
+/** The hash of the whole file (mostly taken while fetching), then the rename. */
+export async function writeDirect(o: BundleOptions, ctx: BundleContext): Promise<WriteBundleResult> {
+  const tar = await finishDirect(ctx.direct!);
+  return { path: o.output, size: tar.size, sha256: tar.sha256, manifest: tar.manifest, upToDate: false };
+}

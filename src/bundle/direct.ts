@@ -7,8 +7,9 @@
  *
  * It works because every entry's size is known once the images and the bucket are planned, and
  * everything not yet known (the artifacts' sha256) has a fixed width: bundle.json's length, hence
- * every entry's offset, is fixed before the first byte arrives. Headers, the small entries and
- * bundle.json are written last, then the whole file is hashed once from the page cache.
+ * every entry's offset, is fixed before the first byte arrives. Headers and the small local entries
+ * are written first, bundle.json once the artifacts (whose sha256 it lists) have landed. The whole
+ * file is hashed in file order while it fills (tar/hash-cursor.ts), read back around the page cache.
  *
  * An interrupted run is resumed from the partial file: `FILE.partial.done` names each entry that
  * was whole in it (appended as each lands), and a re-run with the same plan re-hashes those ranges
@@ -23,8 +24,10 @@ import { pipeline } from 'node:stream/promises';
 import { digestHex, VerifyingStream, verifyBytes } from '../oci/digest.ts';
 import { OciError } from '../oci/errors.ts';
 import type { Descriptor, OnBytes, OpenBlob, PushBlobResult, WriteTarget } from '../oci/types.ts';
+import type { BundleManifest } from './manifest.ts';
 import { gsUrl, mismatch, ObjectError, sameVersion, streamObject } from '../objects/cache.ts';
 import type { ObjectInfo, ObjectSource } from '../objects/types.ts';
+import { HashCursor } from '../tar/hash-cursor.ts';
 import { encodeFileHeader, END_OF_ARCHIVE, paddingBytes } from '../tar/header.ts';
 import { SlotWriter } from '../tar/slot.ts';
 import { writeFileAtomic } from '../util/atomic.ts';
@@ -38,6 +41,8 @@ interface Place {
   /** Where its bytes start. */
   offset: number;
   size: number;
+  /** Where the next entry's header starts: `header…end` is the whole entry, padding included. */
+  end: number;
   /** As planned: PLACEHOLDER for an artifact, whose sha256 is known once it has arrived. */
   sha256: string;
 }
@@ -63,6 +68,12 @@ export interface DirectBundle {
   /** `FILE.partial.done`, open for appending. */
   journal: FileHandle;
   flusher: Flusher;
+  /** The whole file's sha256, following the entries as they land. */
+  cursor: HashCursor;
+  /** Entries whose bytes are in place (fetched now or before, or local), for the cursor. */
+  placed: Set<string>;
+  /** bundle.json, its signature and SHA256SUMS, once written. */
+  manifest?: BundleManifest;
 }
 
 /** Bytes landed between two flushes to disk while fetching. */
@@ -102,11 +113,26 @@ class Flusher {
 
 const JOURNAL_MAGIC = 'cartesia-airgap direct bundle 1';
 
-/** Marks an entry whole in the partial file; written only after its bytes are. */
-async function landed(d: DirectBundle, path: string, sha256: string): Promise<void> {
+/**
+ * Marks a fetched entry whole in the partial file; written only after its bytes are. A SlotWriter
+ * made by `slotFor` has shown the whole-file hash each piece as it landed; other writes (`shown`
+ * false) show the entry's bytes and padding now.
+ */
+async function landed(d: DirectBundle, path: string, sha256: string, shown = true): Promise<void> {
   d.done.set(path, sha256);
   d.flusher.landed(placeOf(d, path).size);
   await d.journal.write(`${sha256} ${path}\n`); // one O_APPEND write per line: whole lines even with many in flight
+  d.placed.add(path);
+  if (!shown) d.cursor.landed(placeOf(d, path).offset, placeOf(d, path).end);
+}
+
+/**
+ * A writer for an entry's bytes (from byte `from`) that shows the whole-file hash each piece as
+ * it lands, so the hash can follow a large entry while it arrives. Its last piece takes the
+ * padding along: zeros, written with it or left by the sparse file.
+ */
+function slotFor(d: DirectBundle, p: Place, what: string, from = 0): SlotWriter {
+  return new SlotWriter(d.file, { offset: p.offset, size: p.size, what }, from, (start, end) => d.cursor.landed(start, end === p.offset + p.size ? p.end : end));
 }
 
 /** The bytes an entry takes in the tar: header (with a pax header for a long name), data, padding. */
@@ -127,8 +153,9 @@ export async function openDirect(output: string, head: readonly HeadEntry[], ent
   let at = dataStart;
   for (const e of entries) {
     const header = encodeFileHeader({ name: e.path, size: e.size, mode: e.mode ?? 0o644, mtime }).length;
-    places.set(e.path, { header: at, offset: at + header, size: e.size, sha256: e.sha256 });
-    at += header + e.size + paddingBytes(e.size);
+    const end = at + header + e.size + paddingBytes(e.size);
+    places.set(e.path, { header: at, offset: at + header, size: e.size, end, sha256: e.sha256 });
+    at = end;
   }
   const size = at + END_OF_ARCHIVE.length;
   const partial = `${output}.partial`;
@@ -136,7 +163,7 @@ export async function openDirect(output: string, head: readonly HeadEntry[], ent
     .update(JSON.stringify({ dataStart, size, entries: entries.map((e) => [e.path, e.size, e.sha256, e.mode ?? 0o644]), versions }))
     .digest('hex');
   const header = `${JOURNAL_MAGIC} ${plan}\n`;
-  const resumed = await resume(partial, header, places, size);
+  const resumed = await resume(partial, header, size);
   let fh = resumed?.fh;
   if (!fh) {
     fh = await openPartial(partial, 'wx+');
@@ -148,16 +175,31 @@ export async function openDirect(output: string, head: readonly HeadEntry[], ent
       throw err;
     }
   }
-  const done = resumed?.done ?? new Map<string, string>();
+  const file = await BlockFile.open(fh, partial);
+  const done = resumed ? await stillWhole(file, resumed.lines, places) : new Map<string, string>();
   // Rewritten whole (only what re-hashed right), then appended to.
   await writeFileAtomic(`${partial}.done`, header + [...done].map(([path, sha]) => `${sha} ${path}\n`).join(''));
   const journal = await open(`${partial}.done`, 'a');
-  const file = await BlockFile.open(fh, partial);
-  return { output, partial, fh, file, places, dataStart, size, done, journal, flusher: new Flusher(fh) };
+  const d: DirectBundle = { output, partial, fh, file, places, dataStart, size, done, journal, flusher: new Flusher(fh), cursor: new HashCursor(file, size), placed: new Set() };
+  try {
+    // Every header now: each depends only on the plan. Entries found whole are hashed whole.
+    for (const e of entries) {
+      const p = placeOf(d, e.path);
+      await file.writeBytes(encodeFileHeader({ name: e.path, size: e.size, mode: e.mode ?? 0o644, mtime }), p.header);
+      if (done.has(e.path)) d.placed.add(e.path);
+      d.cursor.landed(p.header, done.has(e.path) ? p.end : p.offset);
+    }
+    await file.writeBytes(END_OF_ARCHIVE, size - END_OF_ARCHIVE.length);
+    d.cursor.landed(size - END_OF_ARCHIVE.length, size);
+  } catch (err) {
+    await closeDirect(d);
+    throw err;
+  }
+  return d;
 }
 
-/** The partial file an earlier run of this same plan left, with the entries in it that still hash right. */
-async function resume(partial: string, header: string, places: Map<string, Place>, size: number): Promise<{ fh: FileHandle; done: Map<string, string> } | undefined> {
+/** The partial file an earlier run of this same plan left, and its record's lines. */
+async function resume(partial: string, header: string, size: number): Promise<{ fh: FileHandle; lines: string[] } | undefined> {
   const text = await readFile(`${partial}.done`, 'utf8').catch(() => undefined);
   if (!text?.startsWith(header)) return undefined;
   // O_NOFOLLOW: a symlink planted at the name is refused, never written through.
@@ -168,22 +210,28 @@ async function resume(partial: string, header: string, places: Map<string, Place
     await fh.close();
     return undefined;
   }
+  return { fh, lines: text.slice(header.length).split('\n') };
+}
+
+/** The entries an earlier run recorded as landed whose bytes still hash right. */
+async function stillWhole(file: BlockFile, lines: readonly string[], places: Map<string, Place>): Promise<Map<string, string>> {
   const done = new Map<string, string>();
-  for (const line of text.slice(header.length).split('\n')) {
+  for (const line of lines) {
     const m = /^([0-9a-f]{64}) (.+)$/.exec(line);
     const place = m && places.get(m[2]!);
     // A line must name what the plan expects there (a blob's digest), and the bytes must agree.
     if (!m || !place || done.has(m[2]!) || (place.sha256 !== PLACEHOLDER && place.sha256 !== m[1])) continue;
-    if ((await hashRange(fh, place.offset, place.size, createHash('sha256'))).digest('hex') === m[1]) done.set(m[2]!, m[1]!);
+    if ((await file.hashRange(createHash('sha256'), place.offset, place.size)).digest('hex') === m[1]) done.set(m[2]!, m[1]!);
   }
-  return { fh, done };
+  return done;
 }
 
 /**
  * Closes the files of a direct bundle that stopped. The partial file and its record stay: they are
  * what a re-run resumes from (it refetches only what had not landed whole).
  */
-export async function closeDirect(d: Pick<DirectBundle, 'fh' | 'file' | 'journal' | 'flusher'>): Promise<void> {
+export async function closeDirect(d: Pick<DirectBundle, 'fh' | 'file' | 'journal' | 'flusher' | 'cursor'>): Promise<void> {
+  await d.cursor.stop(); // no read left running on a closed file
   await d.flusher.settled().catch(() => {});
   await d.file.close();
   await d.fh.close().catch(() => {});
@@ -240,8 +288,8 @@ export class BundleSlots implements WriteTarget {
     let bytesTransferred = 0;
     for (let attempt = 1; ; attempt++) {
       // After a dropped connection: the bytes that reached the file are hashed again, the rest asked for.
-      const hash = await hashRange(this.#d.fh, place.offset, have, createHash('sha256'));
-      const sink = new SlotWriter(this.#d.file, { offset: place.offset, size: place.size, what: `blob ${desc.digest}` }, have);
+      const hash = await this.#d.file.hashRange(createHash('sha256'), place.offset, have);
+      const sink = slotFor(this.#d, place, `blob ${desc.digest}`, have);
       try {
         let position = have;
         const count = new Transform({
@@ -266,8 +314,9 @@ export class BundleSlots implements WriteTarget {
   async pushManifest(desc: Descriptor, bytes: Buffer): Promise<void> {
     verifyBytes(desc, bytes, 'manifest to store');
     if (this.#stored.has(desc.digest)) return;
-    await writeAt(this.#d.fh, bytes, this.#place(desc).offset);
-    await landed(this.#d, `images/blobs/sha256/${digestHex(desc.digest)}`, digestHex(desc.digest));
+    const place = this.#place(desc);
+    await this.#d.file.writeBytes(bytes, place.offset, place.end);
+    await landed(this.#d, `images/blobs/sha256/${digestHex(desc.digest)}`, digestHex(desc.digest), false);
     this.#stored.add(desc.digest);
   }
 
@@ -277,22 +326,6 @@ export class BundleSlots implements WriteTarget {
 
 const ATTEMPTS = 3;
 
-async function writeAt(fh: FileHandle, bytes: Uint8Array, position: number): Promise<void> {
-  for (let done = 0; done < bytes.length; ) done += (await fh.write(bytes, done, bytes.length - done, position + done)).bytesWritten;
-}
-
-/** Feeds `length` bytes of the file from `offset` to `hash`, through one reused buffer. */
-async function hashRange(fh: FileHandle, offset: number, length: number, hash: Hash): Promise<Hash> {
-  const buf = Buffer.allocUnsafeSlow(Math.max(1, Math.min(1 << 20, length)));
-  for (let at = 0; at < length; ) {
-    const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, length - at), offset + at);
-    if (bytesRead === 0) throw new OciError('LAYOUT', `the bundle being written ended at byte ${offset + at}, before ${offset + length}`);
-    hash.update(buf.subarray(0, bytesRead));
-    at += bytesRead;
-  }
-  return hash;
-}
-
 /**
  * One artifact from the store to its place, checked against the store's size and checksums; its
  * sha256. A version that changed since the plan cannot fit the place planned for it: run again.
@@ -300,7 +333,7 @@ async function hashRange(fh: FileHandle, offset: number, length: number, hash: H
 export async function fetchObjectInto(source: ObjectSource, info: ObjectInfo, d: DirectBundle, path: string, onBytes?: (n: number) => void): Promise<string> {
   const place = placeOf(d, path);
   const url = gsUrl(info);
-  const got = await streamObject(source, info, new SlotWriter(d.file, { offset: place.offset, size: place.size, what: url }), onBytes);
+  const got = await streamObject(source, info, slotFor(d, place, url), onBytes);
   const wrong = got.kind === 'bytes' ? mismatch(info, got.hashes) : got.kind === 'overflow' ? `size exceeds the ${info.size} bytes the store reports` : 'generation is gone';
   if (got.kind === 'bytes' && !wrong) {
     await landed(d, path, got.hashes.sha256);
@@ -314,47 +347,59 @@ export async function fetchObjectInto(source: ObjectSource, info: ObjectInfo, d:
 }
 
 /**
- * Writes what the fetch did not (every header, the entries not in `filled`, bundle.json, its
- * signature and SHA256SUMS, the end of the archive), makes it durable, hashes the whole file once
- * and renames it to its final name.
+ * The entries with a local source (installer, release files, the layout's small files), written
+ * as soon as the file is open: checked against their sha256 as they are copied.
  */
-export async function finishDirect(d: DirectBundle, head: readonly HeadEntry[], entries: readonly EntrySource[], mtime: Date, filled: ReadonlySet<string>): Promise<{ size: number; sha256: string }> {
+export async function fillLocal(d: DirectBundle, entries: readonly EntrySource[], fetched: ReadonlySet<string>): Promise<void> {
+  for (const e of entries) {
+    if (fetched.has(e.path) || d.placed.has(e.path)) continue;
+    const p = placeOf(d, e.path);
+    if (p.size !== e.size) throw new OciError('LAYOUT', `${e.path} is ${e.size} bytes, planned as ${p.size}`);
+    const verify = new VerifyingStream({ digest: `sha256:${e.sha256}`, size: e.size });
+    await pipeline(await e.open(), verify, slotFor(d, p, e.path));
+    d.placed.add(e.path);
+  }
+}
+
+/**
+ * Writes bundle.json, its signature and SHA256SUMS (made with the artifacts' real sha256) into the
+ * room their placeholders fixed, and lets the whole-file hash start.
+ */
+export async function writeHead(d: DirectBundle, head: readonly HeadEntry[], mtime: Date, manifest: BundleManifest): Promise<void> {
+  // The real head must take exactly the room its placeholder did.
+  if (headSpan(head, mtime) !== d.dataStart) throw new OciError('LAYOUT', `bundle.json and its signature take ${headSpan(head, mtime)} bytes, ${d.dataStart} were planned`);
+  const bytes = Buffer.alloc(d.dataStart); // zeros: the padding
+  let at = 0;
+  for (const h of head) {
+    const header = encodeFileHeader({ name: h.path, size: h.bytes.length, mode: 0o644, mtime });
+    bytes.set(header, at);
+    bytes.set(h.bytes, at + header.length);
+    at += span(h.path, h.bytes.length, 0o644, mtime);
+  }
+  await d.file.writeBytes(bytes, 0);
+  d.manifest = manifest;
+  d.cursor.landed(0, d.dataStart);
+}
+
+/**
+ * Once every entry and the head are in place: makes the file durable, takes the whole-file hash
+ * (by now mostly done) and renames the file to its final name.
+ */
+export async function finishDirect(d: DirectBundle): Promise<{ size: number; sha256: string; manifest: BundleManifest }> {
   try {
-    // The real head must take exactly the room its placeholder did.
-    if (headSpan(head, mtime) !== d.dataStart) throw new OciError('LAYOUT', `bundle.json and its signature take ${headSpan(head, mtime)} bytes, ${d.dataStart} were planned`);
-    let at = 0;
-    for (const h of head) {
-      const header = encodeFileHeader({ name: h.path, size: h.bytes.length, mode: 0o644, mtime });
-      await writeAt(d.fh, header, at);
-      await writeAt(d.fh, h.bytes, at + header.length);
-      at += span(h.path, h.bytes.length, 0o644, mtime);
-    }
-    for (const e of entries) {
-      const p = placeOf(d, e.path);
-      if (p.size !== e.size) throw new OciError('LAYOUT', `${e.path} is ${e.size} bytes, planned as ${p.size}`);
-      await writeAt(d.fh, encodeFileHeader({ name: e.path, size: e.size, mode: e.mode ?? 0o644, mtime }), p.header);
-      if (!filled.has(e.path)) await fillFromSource(d, e, p);
-    }
-    await writeAt(d.fh, END_OF_ARCHIVE, d.size - END_OF_ARCHIVE.length);
-    // The flush to disk and the one read of the whole file overlap. The main thread has nothing
-    // else to do by now: no worker (a second isolate was the run's peak RSS).
+    const missing = [...(d.manifest ? [] : ['bundle.json']), ...[...d.places.keys()].filter((path) => !d.placed.has(path))];
+    if (missing.length > 0 || !d.manifest) throw new OciError('LAYOUT', `the bundle being written lacks ${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ', …' : ''}`);
     await d.flusher.settled();
-    const [, sha256] = await Promise.all([d.fh.sync(), d.file.sha256(d.size)]);
+    const [, sha256] = await Promise.all([d.fh.sync(), d.cursor.digest()]);
     await d.file.close();
     await d.fh.close();
     await rename(d.partial, d.output);
     await syncDir(dirname(d.output));
     await d.journal.close();
     await rm(`${d.partial}.done`, { force: true });
-    return { size: d.size, sha256 };
+    return { size: d.size, sha256, manifest: d.manifest };
   } catch (err) {
     await closeDirect(d);
     throw err;
   }
-}
-
-/** An entry that has a local source (installer, release files, the layout's small files), checked as it is copied. */
-async function fillFromSource(d: DirectBundle, e: EntrySource, p: Place): Promise<void> {
-  const verify = new VerifyingStream({ digest: `sha256:${e.sha256}`, size: e.size });
-  await pipeline(await e.open(), verify, new SlotWriter(d.file, { offset: p.offset, size: p.size, what: e.path }));
 }

@@ -24,7 +24,7 @@ import { openBundle } from './reader.ts';
 import { writeBundle, type WriteBundleResult } from './writer.ts';
 import { bundleContent, type CarriedObject } from './content.ts';
 import { closeDirect, type DirectBundle } from './direct.ts';
-import { fetchArtifactsDirect, fetchImagesDirect, planDirect, writeDirect } from './direct-tasks.ts';
+import { fetchDirect, planDirect, writeDirect } from './direct-tasks.ts';
 
 export interface BundleOptions {
   recipe: LoadedRecipe;
@@ -212,11 +212,7 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
         const progress = (n: number): void => show((done += n));
         // Both run to their end, so a failure is reported the same way whichever came first
         // (images before artifacts), and what either finished stays in the cache for the re-run.
-        const [images, artifacts] = await Promise.allSettled(
-          ctx.direct
-            ? [fetchImagesDirect(ctx, o.concurrency, progress), fetchArtifactsDirect(o, ctx, progress)]
-            : [fetchImagesTask(o, ctx, imagesDir, progress), o.customer ? fetchArtifactsTask(o, ctx, progress) : Promise.resolve()],
-        );
+        const [images, artifacts] = await Promise.allSettled(ctx.direct ? fetchDirect(o, ctx, progress) : [fetchImagesTask(o, ctx, imagesDir, progress), o.customer ? fetchArtifactsTask(o, ctx, progress) : Promise.resolve()]);
         const failed = images.status === 'rejected' ? images.reason : artifacts.status === 'rejected' ? artifacts.reason : undefined;
         if (failed !== undefined && ctx.direct) {
           await closeDirect(ctx.direct);

@@ -26,11 +26,17 @@ export class SlotWriter extends Writable {
   #written: number;
   #pending: Promise<void> = Promise.resolve();
 
-  /** Fills the slot from byte `from` of the entry (an earlier attempt wrote the ones before). */
-  constructor(file: BlockFile, slot: { offset: number; size: number; what: string }, from = 0) {
+  readonly #onWritten: ((start: number, end: number) => void) | undefined;
+
+  /**
+   * Fills the slot from byte `from` of the entry (an earlier attempt wrote the ones before).
+   * `onWritten` hears of each piece once it is in the file (file positions; pieces in order).
+   */
+  constructor(file: BlockFile, slot: { offset: number; size: number; what: string }, from = 0, onWritten?: (start: number, end: number) => void) {
     // Our own buffers do the batching; the stream's queue only has to keep the pipe moving.
     super({ highWaterMark: 64 * 1024 });
     this.#file = file;
+    this.#onWritten = onWritten;
     this.#offset = slot.offset;
     this.#size = slot.size;
     this.#what = slot.what;
@@ -87,7 +93,10 @@ export class SlotWriter extends Writable {
     const at = this.#offset + this.#written;
     // The padding after the entry's last byte is the tar's, zeros: the last block may be written whole.
     const padTo = this.#offset + Math.ceil(this.#size / BLOCK) * BLOCK;
-    this.#pending = this.#file.write(buf, length, at, padTo).then(() => void (this.#written += length));
+    this.#pending = this.#file.write(buf, length, at, padTo).then(() => {
+      this.#written += length;
+      this.#onWritten?.(at, at + length);
+    });
     this.#filling ^= 1;
     this.#fill = 0;
   }

@@ -1,12 +1,13 @@
-import pLimit from 'p-limit';
+import pLimit, { type LimitFunction } from 'p-limit';
 
 /**
  * `fn` over `items`, at most `concurrency` at once, results in input order. After the first
  * failure nothing new starts and the running calls are awaited, so the caller never closes a store
- * under work still in flight; the first error is the one thrown.
+ * under work still in flight; the first error is the one thrown. `lanes` may be a limiter shared
+ * with other work.
  */
-export async function mapBounded<T, R>(items: readonly T[], concurrency: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const limit = pLimit(Math.max(1, concurrency));
+export async function mapBounded<T, R>(items: readonly T[], lanes: number | LimitFunction, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const limit = typeof lanes === 'number' ? pLimit(Math.max(1, lanes)) : lanes;
   let firstError: unknown;
   let failed = false;
   const settled = await Promise.allSettled(

@@ -11,7 +11,7 @@
  * WebAssembly memory starts on a page: the buffers come from those. Where O_DIRECT is refused (a
  * filesystem without it, an unaligned request) the same bytes go through the page cache instead.
  */
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 
@@ -58,24 +58,27 @@ const wanted = () => process.env.CARTESIA_AIRGAP_BUFFERED_IO !== '1';
  */
 export class BlockFile {
   readonly fh: FileHandle;
+  /** For messages. */
+  readonly path: string;
   #direct: FileHandle | undefined;
 
-  constructor(fh: FileHandle, direct?: FileHandle) {
+  constructor(fh: FileHandle, path: string, direct?: FileHandle) {
     this.fh = fh;
+    this.path = path;
     this.#direct = direct;
   }
 
   /** `fh` (open for writing at `path`) plus a second, direct handle on the same file where the filesystem has one. */
   static async open(fh: FileHandle, path: string): Promise<BlockFile> {
-    if (!wanted()) return new BlockFile(fh);
+    if (!wanted()) return new BlockFile(fh, path);
     const direct = await open(path, constants.O_RDWR | constants.O_DIRECT | constants.O_NOFOLLOW).catch(() => undefined);
-    if (!direct) return new BlockFile(fh);
+    if (!direct) return new BlockFile(fh, path);
     const [a, b] = await Promise.all([fh.stat(), direct.stat()]);
     if (a.dev !== b.dev || a.ino !== b.ino) {
       await direct.close(); // the name no longer leads to our file: write only through `fh`
-      return new BlockFile(fh);
+      return new BlockFile(fh, path);
     }
-    return new BlockFile(fh, direct);
+    return new BlockFile(fh, path, direct);
   }
 
   get direct(): boolean {
@@ -106,29 +109,44 @@ export class BlockFile {
     for (let done = 0; done < length; ) done += (await this.fh.write(buf, done, length - done, position + done)).bytesWritten;
   }
 
+  /** Writes bytes from anywhere (headers, bundle.json) through pooled buffers, so they can go direct too; `padTo` as in `write`. */
+  async writeBytes(bytes: Uint8Array, position: number, padTo?: number): Promise<void> {
+    const buf = takeBuffer();
+    try {
+      for (let at = 0; at < bytes.length; at += DIRECT_BUFFER) {
+        const n = Math.min(DIRECT_BUFFER, bytes.length - at);
+        buf.set(bytes.subarray(at, at + n));
+        await this.write(buf, n, position + at, padTo);
+      }
+    } finally {
+      releaseBuffer(buf);
+    }
+  }
+
   /**
-   * The sha256 of the first `size` bytes, read around the page cache when the file was written
-   * that way (reading it back buffered would fill the cache at the cost `write` avoided).
-   * Four reads in flight, hashed in order.
+   * Feeds `length` bytes from `offset` to `hash`, read around the page cache when the file is
+   * written that way (reading it back buffered would fill the cache at the cost `write` avoided,
+   * and a stale cached page must never be what is hashed). Four reads in flight, hashed in order.
    */
-  async sha256(size: number): Promise<string> {
-    const hash = createHash('sha256');
-    const reader = this.#direct ?? this.fh;
-    const buffers = Array.from({ length: 4 }, takeBuffer);
-    const read = (k: number, at: number) =>
-      reader.read(buffers[k]!, 0, Math.min(DIRECT_BUFFER, roundUp(size - at)), at).then((r) => {
-        if (r.bytesRead < Math.min(DIRECT_BUFFER, size - at)) throw new Error(`${size} bytes expected, the file ended at ${at + r.bytesRead}`);
-        return Math.min(r.bytesRead, size - at);
-      });
+  async hashRange(hash: Hash, offset: number, length: number): Promise<Hash> {
+    const reader = this.#direct && offset % BLOCK === 0 ? this.#direct : this.fh;
+    const buffers = Array.from({ length: Math.min(4, Math.ceil(length / DIRECT_BUFFER)) }, takeBuffer);
+    const read = async (k: number, at: number) => {
+      const want = Math.min(DIRECT_BUFFER, length - at);
+      // A direct read asks for whole blocks; what lies past the range (padding, the next entry) is not used.
+      const { bytesRead } = await reader.read(buffers[k]!, 0, reader === this.fh ? want : Math.min(DIRECT_BUFFER, roundUp(want)), offset + at);
+      if (bytesRead < want) throw new Error(`${this.path} ended at byte ${offset + at + bytesRead}, before ${offset + length}`);
+      return want;
+    };
     const inflight: Promise<number>[] = [];
     try {
       let next = 0;
-      for (let k = 0; k < buffers.length && next < size; k++, next += DIRECT_BUFFER) inflight.push(read(k, next));
-      for (let at = 0, k = 0; at < size; k = (k + 1) % buffers.length) {
+      for (let k = 0; k < buffers.length; k++, next += DIRECT_BUFFER) inflight.push(read(k, next));
+      for (let at = 0, k = 0; at < length; k = (k + 1) % buffers.length) {
         const n = await inflight.shift()!;
         hash.update(buffers[k]!.subarray(0, n));
         at += n;
-        if (next < size) {
+        if (next < length) {
           inflight.push(read(k, next));
           next += DIRECT_BUFFER;
         }
@@ -137,7 +155,12 @@ export class BlockFile {
       await Promise.allSettled(inflight);
       buffers.forEach(releaseBuffer);
     }
-    return hash.digest('hex');
+    return hash;
+  }
+
+  /** The sha256 of the first `size` bytes. */
+  async sha256(size: number): Promise<string> {
+    return (await this.hashRange(createHash('sha256'), 0, size)).digest('hex');
   }
 
   async close(): Promise<void> {

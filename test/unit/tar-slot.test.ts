@@ -37,7 +37,7 @@ describe('SlotWriter: one entry filled in place', () => {
   it('puts the bytes exactly at offset…offset+size and nowhere else, across several MiB buffers', async () => {
     const { path, fh } = await file(4 << 20);
     const data = randomBytes(2.5 * 2 ** 20 + 17);
-    await pipeline(Readable.from(chunks(data, [65536, 1, 16384, 300000])), new SlotWriter(new BlockFile(fh), { offset: 1000, size: data.length, what: 'x' }));
+    await pipeline(Readable.from(chunks(data, [65536, 1, 16384, 300000])), new SlotWriter(new BlockFile(fh, path), { offset: 1000, size: data.length, what: 'x' }));
     await fh.close();
     const all = await readFile(path);
     expect(all.subarray(1000, 1000 + data.length).equals(data)).toBe(true);
@@ -50,8 +50,8 @@ describe('SlotWriter: one entry filled in place', () => {
     const a = randomBytes(1.5 * 2 ** 20);
     const b = randomBytes(2 ** 20 + 3);
     await Promise.all([
-      pipeline(Readable.from(chunks(a, [70000])), new SlotWriter(new BlockFile(fh), { offset: 0, size: a.length, what: 'a' })),
-      pipeline(Readable.from(chunks(b, [4096, 100000])), new SlotWriter(new BlockFile(fh), { offset: a.length, size: b.length, what: 'b' })),
+      pipeline(Readable.from(chunks(a, [70000])), new SlotWriter(new BlockFile(fh, path), { offset: 0, size: a.length, what: 'a' })),
+      pipeline(Readable.from(chunks(b, [4096, 100000])), new SlotWriter(new BlockFile(fh, path), { offset: a.length, size: b.length, what: 'b' })),
     ]);
     await fh.close();
     const all = await readFile(path);
@@ -62,7 +62,7 @@ describe('SlotWriter: one entry filled in place', () => {
   it('refuses a byte beyond the slot, naming the entry, and never writes it', async () => {
     const { path, fh } = await file(100);
     const data = randomBytes(60);
-    const err = await pipeline(Readable.from([data.subarray(0, 40), data.subarray(40)]), new SlotWriter(new BlockFile(fh), { offset: 10, size: 50, what: 'blob sha256:abc' })).catch((e: Error) => e);
+    const err = await pipeline(Readable.from([data.subarray(0, 40), data.subarray(40)]), new SlotWriter(new BlockFile(fh, path), { offset: 10, size: 50, what: 'blob sha256:abc' })).catch((e: Error) => e);
     expect(err).toBeInstanceOf(Error);
     expect((err as Error).message).toMatch(/^blob sha256:abc is longer than the 50 bytes planned for it/);
     await fh.close();
@@ -72,10 +72,10 @@ describe('SlotWriter: one entry filled in place', () => {
   it('resumes from `from`: the bytes before it are left as they are, `written` counts from the slot start', async () => {
     const { path, fh } = await file(64);
     const data = randomBytes(40);
-    const first = new SlotWriter(new BlockFile(fh), { offset: 8, size: 40, what: 'x' });
+    const first = new SlotWriter(new BlockFile(fh, path), { offset: 8, size: 40, what: 'x' });
     await pipeline(Readable.from([data.subarray(0, 25)]), first);
     expect(first.written).toBe(25);
-    const rest = new SlotWriter(new BlockFile(fh), { offset: 8, size: 40, what: 'x' }, 25);
+    const rest = new SlotWriter(new BlockFile(fh, path), { offset: 8, size: 40, what: 'x' }, 25);
     await pipeline(Readable.from([data.subarray(25)]), rest);
     expect(rest.written).toBe(40);
     await fh.close();
