@@ -13,6 +13,7 @@ import { dirname } from 'node:path';
 import type { Readable } from 'node:stream';
 import { OciError, isOciError } from '../oci/errors.ts';
 import { encodeFileHeader, END_OF_ARCHIVE, paddingBytes } from '../tar/header.ts';
+import { BlockFile } from '../util/direct-io.ts';
 import { TarOutput } from '../tar/output.ts';
 import { keyFingerprint } from './keys.ts';
 import { bundleManifestSchema, entrySchema, MANIFEST_PATH, SIGNATURE_PATH, SUMS_PATH, type AnyManifest, type BundleEntry, type BundleManifest } from './manifest.ts';
@@ -197,7 +198,12 @@ export async function writeTarFile(
   onBytes?: (entryPath: string, bytes: number) => void,
 ): Promise<{ size: number; sha256: string }> {
   const fh = await openPartial(file);
-  const out = new TarOutput(fh, file);
+  const block = await BlockFile.open(fh, file).catch(async (err: unknown) => {
+    await fh.close();
+    await rm(file, { force: true });
+    throw err;
+  });
+  const out = new TarOutput(block);
   try {
     for (const h of head) {
       await out.append(encodeFileHeader({ name: h.path, size: h.bytes.length, mode: 0o644, mtime }));
@@ -212,10 +218,12 @@ export async function writeTarFile(
     await out.append(END_OF_ARCHIVE);
     const tar = await out.finish();
     await fh.sync();
+    await block.close();
     await fh.close();
     return tar;
   } catch (err) {
     await out.abort(); // a write still in flight must not outlive the file descriptor
+    await block.close();
     await fh.close().catch(() => {}); // already closed when only the close failed
     await rm(file, { force: true });
     throw err;

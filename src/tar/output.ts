@@ -11,6 +11,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
+import { sharedBuffer, type BlockFile } from '../util/direct-io.ts';
 import { HashThread } from './hash-thread.ts';
 
 const BUFFER = 1 << 20;
@@ -29,11 +30,11 @@ export async function writeAll(fh: FileHandle, buf: Uint8Array, position: number
 }
 
 export class TarOutput {
-  readonly #fh: FileHandle;
-  /** Named in write errors (a disk-full message must say which file). */
-  readonly #file: string;
-  readonly #shared = Array.from({ length: BUFFERS }, () => new SharedArrayBuffer(BUFFER));
-  readonly #buffers = this.#shared.map((b) => Buffer.from(b));
+  /** Written around the page cache where it can be (util/direct-io.ts): the buffers are aligned for it. */
+  readonly #file: BlockFile;
+  readonly #pairs = Array.from({ length: BUFFERS }, () => sharedBuffer(BUFFER));
+  readonly #shared = this.#pairs.map((p) => p.shared);
+  readonly #buffers = this.#pairs.map((p) => p.buf);
   /** Per buffer: its write and hash, settled (a failure lands in #failure). */
   readonly #busy: (Promise<void> | undefined)[] = [];
   #current = 0;
@@ -45,8 +46,7 @@ export class TarOutput {
   #lastWrite: Promise<void> = Promise.resolve();
   #failure: Error | undefined;
 
-  constructor(fh: FileHandle, file: string) {
-    this.#fh = fh;
+  constructor(file: BlockFile) {
     this.#file = file;
   }
 
@@ -78,7 +78,7 @@ export class TarOutput {
   async finish(): Promise<{ size: number; sha256: string }> {
     if (!this.#thread) {
       const bytes = this.#buffers[this.#current]!.subarray(0, this.#filled);
-      await this.#write(bytes, this.#size);
+      await this.#write(this.#current, bytes.length, this.#size);
       return { size: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex') };
     }
     await this.#flush();
@@ -110,7 +110,7 @@ export class TarOutput {
     this.#size += length;
     // One write at a time: the file system serializes writes to one file anyway (ext4 spins on the
     // inode lock when several libuv threads write at once, measured). None after a failure.
-    const write = this.#lastWrite.then(() => (this.#failure ? undefined : this.#write(this.#buffers[i]!.subarray(0, length), at)));
+    const write = this.#lastWrite.then(() => (this.#failure ? undefined : this.#write(i, length, at)));
     this.#lastWrite = write.catch(() => {});
     this.#busy[i] = Promise.all([write, this.#thread.update(i, length)]).then(
       () => {},
@@ -124,11 +124,11 @@ export class TarOutput {
     if (this.#failure) throw this.#failure;
   }
 
-  async #write(bytes: Uint8Array, at: number): Promise<void> {
+  async #write(i: number, length: number, at: number): Promise<void> {
     try {
-      await writeAll(this.#fh, bytes, at);
+      await this.#file.write(this.#buffers[i]!, length, at);
     } catch (err) {
-      throw new Error(`cannot write ${this.#file}: ${(err as Error).message}`, { cause: err });
+      throw new Error(`cannot write ${this.#file.path}: ${(err as Error).message}`, { cause: err });
     }
   }
 }

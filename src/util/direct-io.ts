@@ -16,7 +16,7 @@ import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 
 // @types/node does not declare WebAssembly; the one part used here:
-declare const WebAssembly: { Memory: new (d: { initial: number }) => { buffer: ArrayBuffer } };
+declare const WebAssembly: { Memory: new (d: { initial: number; maximum?: number; shared?: boolean }) => { buffer: ArrayBuffer } };
 
 /**
  * Alignment of a direct request: tar's block, the logical block of most disks. On a disk of 4 KiB
@@ -41,6 +41,15 @@ export function takeBuffer(): Buffer {
     }
   }
   return free.pop()!;
+}
+
+/** A page-aligned SharedArrayBuffer of `size` bytes (a multiple of 64 KiB) and a Buffer over it, for a worker to read too. */
+export function sharedBuffer(size: number): { shared: SharedArrayBuffer; buf: Buffer } {
+  const pages = size / 65536;
+  const shared = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true }).buffer as unknown as SharedArrayBuffer;
+  const buf = Buffer.from(shared);
+  aligned.add(buf);
+  return { shared, buf };
 }
 
 export function releaseBuffer(b: Buffer): void {
