@@ -1,4 +1,4 @@
-import pLimit, { type LimitFunction } from 'p-limit';
+import pLimit from 'p-limit';
 import { OciError } from './errors.ts';
 import { parseManifest, resolveRoot } from './graph.ts';
 import { isIndex, isManifest } from './media-types.ts';
@@ -18,11 +18,6 @@ export interface CopyOptions {
   platform?: Platform;
   /** Blob transfers at once. */
   concurrency?: number;
-  /**
-   * Or a limiter shared with the caller (made with `rejectOnClear`), whose concurrency the caller
-   * may change while the copy runs.
-   */
-  lanes?: LimitFunction;
   /** Extra annotations for the destination's index entry (layouts keep them). */
   annotations?: Record<string, string>;
   onEvent?: (event: CopyEvent) => void;
@@ -56,7 +51,7 @@ export interface CopyResult {
  */
 export async function copyGraph(src: ReadTarget, dst: WriteTarget, srcReference: string, dstReference: string, opts: CopyOptions = {}): Promise<CopyResult> {
   const emit = opts.onEvent ?? (() => {});
-  const limit = opts.lanes ?? pLimit({ concurrency: opts.concurrency ?? 4, rejectOnClear: true });
+  const limit = pLimit({ concurrency: opts.concurrency ?? 4, rejectOnClear: true });
   const result: CopyResult = {
     digest: '',
     mediaType: '',
