@@ -1,23 +1,17 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { mkdtemp, open, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { open, readFile } from 'node:fs/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BlockFile, DIRECT_BUFFER, releaseBuffer, takeBuffer } from '../../src/util/direct-io.ts';
+import { scratchFiles } from '../fixtures/scratch-file.ts';
 
-const dirs: string[] = [];
-afterEach(async () => {
+const scratch = scratchFiles('direct-io-');
+afterEach(() => {
   delete process.env.CARTESIA_AIRGAP_BUFFERED_IO;
-  for (const d of dirs.splice(0)) await rm(d, { recursive: true, force: true });
 });
 
 async function file(size: number) {
-  const dir = await mkdtemp(join(tmpdir(), 'direct-io-'));
-  dirs.push(dir);
-  const path = join(dir, 'f');
-  const fh = await open(path, 'wx+');
-  await fh.truncate(size);
+  const { path, fh } = await scratch(size);
   return { path, fh, file: await BlockFile.open(fh, path) };
 }
 

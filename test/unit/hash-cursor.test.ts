@@ -1,22 +1,13 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, open, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { HashCursor } from '../../src/tar/hash-cursor.ts';
 import { BlockFile } from '../../src/util/direct-io.ts';
+import { scratchFiles } from '../fixtures/scratch-file.ts';
 
-const dirs: string[] = [];
-afterEach(async () => {
-  for (const d of dirs.splice(0)) await rm(d, { recursive: true, force: true });
-});
+const scratch = scratchFiles('hash-cursor-');
 
 async function blockFile(size: number) {
-  const dir = await mkdtemp(join(tmpdir(), 'hash-cursor-'));
-  dirs.push(dir);
-  const path = join(dir, 'f');
-  const fh = await open(path, 'wx+');
-  await fh.truncate(size);
+  const { path, fh } = await scratch(size);
   return { fh, file: await BlockFile.open(fh, path) };
 }
 

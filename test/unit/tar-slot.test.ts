@@ -1,26 +1,13 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, open, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readFile } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { SlotWriter } from '../../src/tar/slot.ts';
 import { BlockFile } from '../../src/util/direct-io.ts';
+import { scratchFiles } from '../fixtures/scratch-file.ts';
 
-const dirs: string[] = [];
-afterEach(async () => {
-  for (const d of dirs.splice(0)) await rm(d, { recursive: true, force: true });
-});
-
-async function file(size: number) {
-  const dir = await mkdtemp(join(tmpdir(), 'slot-'));
-  dirs.push(dir);
-  const path = join(dir, 'tar');
-  const fh = await open(path, 'w+');
-  await fh.truncate(size);
-  return { path, fh };
-}
+const file = scratchFiles('slot-');
 
 /** Chunks of uneven sizes, as a network gives them. */
 const chunks = (bytes: Buffer, sizes: number[]) => {
