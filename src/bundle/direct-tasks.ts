@@ -4,11 +4,11 @@ import pLimit from 'p-limit';
 import { mapBounded } from '../util/bounded.ts';
 import { digestHex } from '../oci/digest.ts';
 import type { Descriptor, ReadTarget } from '../oci/types.ts';
-import { bundleContent, type CarriedObject } from './content.ts';
+import { bundleContent } from './content.ts';
 import { BundleSlots, closeDirect, fetchObjectInto, fillLocal, finishDirect, openDirect, PLACEHOLDER, writeHead } from './direct.ts';
 import { openBundle } from './reader.ts';
 import type { BundleContext, BundleOptions } from './tasks.ts';
-import { bundleHead, checkEntries, checkMtime, existingBundle, type WriteBundleResult } from './writer.ts';
+import { bundleHead, bundleJson, checkEntries, checkMtime, existingBundle, type WriteBundleResult } from './writer.ts';
 
 
 /**
@@ -18,26 +18,25 @@ import { bundleHead, checkEntries, checkMtime, existingBundle, type WriteBundleR
  * and a different one refused.
  */
 export async function planDirect(o: BundleOptions, ctx: BundleContext): Promise<void> {
-  const signing = o.signingKey ? { signingKey: o.signingKey } : {};
-  const layout = async (objects: CarriedObject[]) => {
-    const c = await bundleContent(o, ctx, objects);
-    return { ...c, head: bundleHead({ manifest: c.manifest, entries: c.entries, ...signing }) };
-  };
   ctx.carried = ctx.objects!.map((info) => ({ ...info, sha256: PLACEHOLDER }));
   if (await stat(o.output).then(() => true, () => false)) {
-    const known = await existingArtifacts(o.output);
+    const old = await openBundle(o.output).catch(() => undefined);
+    const known = new Map((old?.manifest.artifacts ?? []).map((a) => [`${a.bucket}/${a.key}`, a]));
     const adopted = ctx.carried.map((c) => {
-      const old = known.get(`${c.bucket}/${c.key}`);
-      const same = old && old.size === c.size && old.md5 === c.md5 && old.crc32c === c.crc32c && (c.md5 !== undefined || c.crc32c !== undefined);
-      return same ? { ...c, sha256: old.sha256 } : c;
+      const was = known.get(`${c.bucket}/${c.key}`);
+      const same = was && was.size === c.size && was.md5 === c.md5 && was.crc32c === c.crc32c && (c.md5 !== undefined || c.crc32c !== undefined);
+      return same ? { ...c, sha256: was.sha256 } : c;
     });
-    const { head } = await layout(adopted);
-    const size = await existingBundle(o.output, head.json, head.sig); // throws when it holds another bundle
-    ctx.result = { path: o.output, size: size!, sha256: null, manifest: head.manifest, upToDate: true };
+    const c = await bundleContent(o, ctx, adopted);
+    const { json, manifest } = bundleJson({ ...c, ...(o.signingKey ? { signingKey: o.signingKey } : {}) });
+    const size = await existingBundle(o.output, json, o.signingKey, old); // throws when it holds another bundle
+    ctx.result = { path: o.output, size: size!, sha256: null, manifest, upToDate: true };
     await rm(`${o.output}.partial.done`, { force: true }); // left only by a kill between the rename and its removal
     return;
   }
-  const { entries, mtime, head } = await layout(ctx.carried);
+  const c = await bundleContent(o, ctx, ctx.carried);
+  const { entries, mtime } = c;
+  const head = bundleHead({ manifest: c.manifest, entries, ...(o.signingKey ? { signingKey: o.signingKey } : {}) });
   checkMtime(mtime);
   checkEntries(entries);
   // An artifact overwritten since an interrupted run makes that run's partial file useless.
@@ -56,11 +55,6 @@ function fetchedPaths(ctx: BundleContext): Set<string> {
   const paths = new Set<string>(ctx.carried!.map((c) => `artifacts/${c.bucket}/${c.key}`));
   for (const p of ctx.planned!) for (const d of [...p.graph.manifests, ...p.graph.blobs]) paths.add(pathOf(d));
   return paths;
-}
-
-async function existingArtifacts(output: string): Promise<Map<string, { size: number; md5?: string; crc32c?: string; sha256: string }>> {
-  const old = await openBundle(output).catch(() => undefined);
-  return new Map((old?.manifest.artifacts ?? []).map((a) => [`${a.bucket}/${a.key}`, a]));
 }
 
 const LARGE = 128 << 20;

@@ -6,7 +6,7 @@
  * bundle.json lists SHA256SUMS and every data entry; SHA256SUMS lists the data entries only. It
  * cannot also list bundle.json: each would then contain the other's hash.
  */
-import { createHash, type Hash, type KeyObject } from 'node:crypto';
+import { createHash, createPublicKey, type Hash, type KeyObject } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
@@ -17,8 +17,8 @@ import { BlockFile } from '../util/direct-io.ts';
 import { TarOutput } from '../tar/output.ts';
 import { keyFingerprint } from './keys.ts';
 import { bundleManifestSchema, entrySchema, MANIFEST_PATH, SIGNATURE_PATH, SUMS_PATH, type AnyManifest, type BundleEntry, type BundleManifest } from './manifest.ts';
-import { openBundle } from './reader.ts';
-import { signManifest } from './sign.ts';
+import { openBundle, type OpenedBundle } from './reader.ts';
+import { signManifest, verifyManifest } from './sign.ts';
 import { sha256sumsText } from './sums.ts';
 
 export interface EntrySource {
@@ -149,14 +149,19 @@ export function sumsFor(entries: readonly BundleEntry[]): { bytes: Buffer; entry
   return { bytes, entry: { path: SUMS_PATH, size: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex') } };
 }
 
-/** What a single-file bundle starts with, built from its data entries: bundle.json, its signature, SHA256SUMS. */
-export function bundleHead(opts: Pick<WriteBundleOptions, 'manifest' | 'entries' | 'signingKey'>): { manifest: BundleManifest; json: Buffer; sig: Buffer | undefined; head: { path: string; bytes: Buffer }[] } {
+/** bundle.json for a single-file bundle's data entries (naming the signer, if any), and the SHA256SUMS it lists. */
+export function bundleJson(opts: Pick<WriteBundleOptions, 'manifest' | 'entries' | 'signingKey'>): { manifest: BundleManifest; json: Buffer; sums: Buffer } {
   const data: BundleEntry[] = opts.entries.map((e) => ({ path: e.path, size: e.size, sha256: e.sha256 }));
   const sums = sumsFor(data);
   const manifest = buildManifest(opts, [sums.entry, ...data]);
-  const json = manifestJson(manifest);
+  return { manifest, json: manifestJson(manifest), sums: sums.bytes };
+}
+
+/** What a single-file bundle starts with, built from its data entries: bundle.json, its signature, SHA256SUMS. */
+export function bundleHead(opts: Pick<WriteBundleOptions, 'manifest' | 'entries' | 'signingKey'>): { manifest: BundleManifest; json: Buffer; sig: Buffer | undefined; head: { path: string; bytes: Buffer }[] } {
+  const { manifest, json, sums } = bundleJson(opts);
   const sig = opts.signingKey ? Buffer.from(signManifest(json, opts.signingKey)) : undefined;
-  const head = [{ path: MANIFEST_PATH, bytes: json }, ...(sig ? [{ path: SIGNATURE_PATH, bytes: sig }] : []), { path: SUMS_PATH, bytes: sums.bytes }];
+  const head = [{ path: MANIFEST_PATH, bytes: json }, ...(sig ? [{ path: SIGNATURE_PATH, bytes: sig }] : []), { path: SUMS_PATH, bytes: sums }];
   return { manifest, json, sig, head };
 }
 
@@ -164,9 +169,11 @@ export async function writeBundle(opts: WriteBundleOptions): Promise<WriteBundle
   checkMtime(opts.mtime);
   checkEntries(opts.entries);
 
-  const { manifest, json, sig, head } = bundleHead(opts);
-  const existing = await existingBundle(opts.output, json, sig);
+  // Signed only when it is written: an identical bundle already there is found without signing.
+  const { manifest, json } = bundleJson(opts);
+  const existing = await existingBundle(opts.output, json, opts.signingKey);
   if (existing) return { path: opts.output, size: existing, sha256: null, manifest, upToDate: true };
+  const { head } = bundleHead(opts);
 
   const partial = `${opts.output}.partial`;
   const tar = await writeTarFile(partial, head, opts.entries, opts.mtime, opts.onBytes);
@@ -231,17 +238,18 @@ export async function writeTarFile(
 }
 
 /**
- * A re-run onto its own earlier output: when the file there carries the same bundle.json and
- * signature (which list every entry's size and sha256), it is the same bundle, because a bundle
- * appears under its final name only once complete. Returns its size; throws when it differs.
- * Its bytes are not hashed again: that is `verify`'s job, and re-reading would cost as much as
- * writing.
+ * A re-run onto its own earlier output: when the file there carries the same bundle.json (which
+ * lists every entry's size and sha256) and a signature of it by the same key (verified rather than
+ * made again and compared: signing is a tenth of a re-run) or, unsigned, none, it is the same
+ * bundle, because a bundle appears under its final name only once complete. Returns its size,
+ * undefined when nothing is there; throws when it differs. Its bytes are not hashed again: that is
+ * `verify`'s job, and re-reading would cost as much as writing. `old`: the bundle there, if opened.
  */
-export async function existingBundle(output: string, json: Buffer, sig: Buffer | undefined): Promise<number | undefined> {
-  if (!(await stat(output).then(() => true, () => false))) return undefined;
-  const old = await openBundle(output).catch(() => undefined);
-  const same = old && old.manifestBytes.equals(json) && old.signature === sig?.toString('latin1');
-  if (!same) throw new OciError('BUSY', `${output} already exists and holds a different bundle; choose another --output or move the old one away`);
+export async function existingBundle(output: string, json: Buffer, signingKey: KeyObject | undefined, old?: OpenedBundle): Promise<number | undefined> {
+  if (!old && !(await stat(output).then(() => true, () => false))) return undefined;
+  old ??= await openBundle(output).catch(() => undefined);
+  const signed = (sig: string | undefined) => (signingKey ? sig !== undefined && verifyManifest(json, sig, createPublicKey(signingKey)) : sig === undefined);
+  if (!old || !old.manifestBytes.equals(json) || !signed(old.signature)) throw new OciError('BUSY', `${output} already exists and holds a different bundle; choose another --output or move the old one away`);
   return old.index.fileSize;
 }
 
