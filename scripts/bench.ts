@@ -1,4 +1,4 @@
-// `npm run bench -- --size 4GiB [--runs 3] [--json FILE]`: seeds the loopback test bed with a
+// `npm run bench -- --size 4GiB [--runs 3] [--json FILE] [--cold]`: seeds the loopback test bed with a
 // synthetic release of about SIZE bytes (big base/runtime layers shared between images, a few large
 // LoRA files, many small migration files), then measures on the same data, each `--runs` times:
 //   bundle (through the cache, and --direct) vs skopeo copy --all docker://… oci:… per image + a
@@ -22,7 +22,7 @@ import { median, parseSize, scriptArgs, timed, withTestbed, type Timed } from '.
 
 const { values } = parseArgs({
   args: scriptArgs(),
-  options: { size: { type: 'string', default: '1GiB' }, runs: { type: 'string', default: '3' }, json: { type: 'string' } },
+  options: { size: { type: 'string', default: '1GiB' }, runs: { type: 'string', default: '3' }, json: { type: 'string' }, cold: { type: 'boolean', default: false } },
 });
 const size = parseSize(values.size);
 const runs = Number(values.runs);
@@ -87,6 +87,10 @@ async function sample(bed: Testbed, label: string, steps: (() => Promise<Timed>)
   // What earlier runs left dirty in the page cache is written out first, not during (and charged
   // to) this run: on these VMs writeback costs ~3 CPU s per GiB.
   await run('sync', []);
+  // --cold: nothing an earlier run read or freed is left in the page cache (root only). Otherwise a
+  // run's buffered writes can land on memory an earlier run just freed, which this VM serves far
+  // cheaper than memory it has handed back to its host.
+  if (values.cold) await writeFile('/proc/sys/vm/drop_caches', '3');
   const cpu0 = await serverCpu(bed);
   let seconds = 0;
   let rss = 0;
@@ -202,6 +206,7 @@ async function main(b: Testbed): Promise<void> {
     sizeBytes: bundleSize,
     requestedSizeBytes: size,
     runs,
+    cold: values.cold,
     machine: { cores: cpus().length, cpuModel: cpus()[0]?.model ?? 'unknown', memoryBytes: totalmem(), node: process.version },
     ratios: {
       bundle: ratio(m.bundle.ours.medianSeconds, m.bundle.peer.medianSeconds),
@@ -224,7 +229,7 @@ async function main(b: Testbed): Promise<void> {
   const mbs = (s: number) => (bundleSize / 1e6 / Math.max(s, 0.001)).toFixed(0);
   const row = (name: string, s: { medianSeconds: number; maxRssMiB: number; medianServerCpuSeconds: number }) =>
     console.log(`${name.padEnd(44)} ${s.medianSeconds.toFixed(2).padStart(9)} ${mbs(s.medianSeconds).padStart(7)} ${s.maxRssMiB.toFixed(0).padStart(9)} ${s.medianServerCpuSeconds.toFixed(1).padStart(11)}`);
-  console.log(`\nbundle of ${bundleSize} bytes (${gib(bundleSize)} GiB), ${runs} runs each, median; ${report.machine.cores} cores, ${gib(report.machine.memoryBytes)} GiB RAM, ${report.date.slice(0, 10)}`);
+  console.log(`\nbundle of ${bundleSize} bytes (${gib(bundleSize)} GiB), ${runs} runs each, median${values.cold ? ', page cache dropped before each' : ''}; ${report.machine.cores} cores, ${gib(report.machine.memoryBytes)} GiB RAM, ${report.date.slice(0, 10)}`);
   console.log(`${'operation'.padEnd(44)} ${'seconds'.padStart(9)} ${'MB/s'.padStart(7)} ${'RSS MiB'.padStart(9)} ${'server CPU s'.padStart(11)}`);
   row('bundle: cartesia-airgap', m.bundle.ours);
   row('bundle --direct: cartesia-airgap', m.bundle.direct);
