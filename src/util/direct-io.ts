@@ -69,12 +69,15 @@ export class BlockFile {
   readonly fh: FileHandle;
   /** For messages. */
   readonly path: string;
+  /** The direct handle while direct writes work. */
   #direct: FileHandle | undefined;
+  /** The direct handle, to close. */
+  #opened: FileHandle | undefined;
 
   constructor(fh: FileHandle, path: string, direct?: FileHandle) {
     this.fh = fh;
     this.path = path;
-    this.#direct = direct;
+    this.#direct = this.#opened = direct;
   }
 
   /** `fh` (open for writing at `path`) plus a second, direct handle on the same file where the filesystem has one. */
@@ -110,8 +113,9 @@ export class BlockFile {
           return;
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
-          this.#direct = undefined; // not on this filesystem after all: the page cache from here on
-          await direct.close().catch(() => {});
+          // Not on this file system after all: the page cache from here on. The handle stays open
+          // until `close`, as other writes may still be using it.
+          this.#direct = undefined;
         }
       }
     }
@@ -173,7 +177,7 @@ export class BlockFile {
   }
 
   async close(): Promise<void> {
-    await this.#direct?.close().catch(() => {});
-    this.#direct = undefined;
+    await this.#opened?.close().catch(() => {});
+    this.#direct = this.#opened = undefined;
   }
 }

@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { open, readFile } from 'node:fs/promises';
+import { open, readFile, type FileHandle } from 'node:fs/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BlockFile, DIRECT_BUFFER, releaseBuffer, takeBuffer } from '../../src/util/direct-io.ts';
 import { scratchFiles } from '../fixtures/scratch-file.ts';
@@ -91,6 +91,25 @@ describe('BlockFile: positional writes around the page cache where the filesyste
     expect(await f.sha256(data.length)).toBe(createHash('sha256').update(data).digest('hex'));
     await expect(f.sha256(data.length + 512)).rejects.toThrow(/f ended at byte 5243392, before 5243904/);
     expect((await readFile(path)).length).toBe(data.length);
+    await f.close();
+    await fh.close();
+  });
+
+  it('where a direct write is refused (EINVAL: no O_DIRECT after all, or a 4 KiB-block disk), writes that and every later one through the page cache', async () => {
+    const { path, fh } = await scratch(8192);
+    let refused = 0;
+    // A direct handle whose file system says EINVAL, as one without O_DIRECT support does.
+    const refusing = { write: async () => Promise.reject(Object.assign(new Error('EINVAL: invalid argument, write'), { code: 'EINVAL', errno: ++refused })), close: async () => {} };
+    const f = new BlockFile(fh, path, refusing as unknown as FileHandle);
+    const a = filled(randomBytes(4096));
+    await f.write(a, 4096, 0);
+    await f.write(a, 4096, 4096);
+    releaseBuffer(a);
+    expect(refused).toBe(1);
+    expect(f.direct).toBe(false);
+    const whole = await readFile(path);
+    expect(whole.subarray(0, 4096).equals(a.subarray(0, 4096))).toBe(true);
+    expect(whole.subarray(4096).equals(a.subarray(0, 4096))).toBe(true);
     await f.close();
     await fh.close();
   });
