@@ -152,15 +152,21 @@ export class BlockFile {
       return want;
     };
     const inflight: Promise<number>[] = [];
+    // A read may fail while an earlier one is awaited: handled at once, thrown when its turn comes.
+    const start = (k: number, at: number) => {
+      const p = read(k, at);
+      p.catch(() => {});
+      inflight.push(p);
+    };
     try {
       let next = 0;
-      for (let k = 0; k < buffers.length; k++, next += DIRECT_BUFFER) inflight.push(read(k, next));
+      for (let k = 0; k < buffers.length; k++, next += DIRECT_BUFFER) start(k, next);
       for (let at = 0, k = 0; at < length; k = (k + 1) % buffers.length) {
         const n = await inflight.shift()!;
         hash.update(buffers[k]!.subarray(0, n));
         at += n;
         if (next < length) {
-          inflight.push(read(k, next));
+          start(k, next);
           next += DIRECT_BUFFER;
         }
       }
