@@ -15,7 +15,7 @@
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { readAt } from '../tar/index.ts';
-import { writeAll } from '../tar/output.ts';
+import { writeAll } from '../util/write-all.ts';
 import { CodedError } from '../util/errors.ts';
 
 export class ElfError extends CodedError<'ELF'> {}

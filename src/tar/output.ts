@@ -10,7 +10,6 @@
  * done. A tar smaller than one buffer is hashed in place: it is not worth a thread.
  */
 import { createHash } from 'node:crypto';
-import type { FileHandle } from 'node:fs/promises';
 import { sharedBuffer, type BlockFile } from '../util/direct-io.ts';
 import { HashThread } from './hash-thread.ts';
 
@@ -23,11 +22,6 @@ const BUFFERS = 4;
  * on our test VM, the same writes a page off at 2300-3000 (measured). Elsewhere it costs nothing.
  */
 const SKEW = 4096;
-
-/** Writes all of `buf` at `position` (FileHandle.write may write less than asked). */
-export async function writeAll(fh: FileHandle, buf: Uint8Array, position: number): Promise<void> {
-  for (let off = 0; off < buf.length; ) off += (await fh.write(buf, off, buf.length - off, position + off)).bytesWritten;
-}
 
 export class TarOutput {
   /** Written around the page cache where it can be (util/direct-io.ts): the buffers are aligned for it. */

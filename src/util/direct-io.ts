@@ -14,6 +14,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
+import { writeAll } from './write-all.ts';
 
 // @types/node does not declare WebAssembly; the one part used here:
 declare const WebAssembly: { Memory: new (d: { initial: number; maximum?: number; shared?: boolean }) => { buffer: ArrayBuffer } };
@@ -109,7 +110,7 @@ export class BlockFile {
       if (whole > 0 && whole <= buf.length) {
         buf.fill(0, length, whole);
         try {
-          for (let done = 0; done < whole; ) done += (await direct.write(buf, done, whole - done, position + done)).bytesWritten;
+          await writeAll(direct, buf.subarray(0, whole), position);
           return;
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
@@ -119,7 +120,7 @@ export class BlockFile {
         }
       }
     }
-    for (let done = 0; done < length; ) done += (await this.fh.write(buf, done, length - done, position + done)).bytesWritten;
+    await writeAll(this.fh, buf.subarray(0, length), position);
   }
 
   /** Writes bytes from anywhere (headers, bundle.json) through pooled buffers, so they can go direct too; `padTo` as in `write`. */
