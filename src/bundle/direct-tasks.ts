@@ -11,6 +11,9 @@ import type { BundleContext, BundleOptions } from './tasks.ts';
 import { bundleHead, bundleJson, checkEntries, checkMtime, existingBundle, type WriteBundleResult } from './writer.ts';
 
 
+/** The signing key, for the options of bundleJson and bundleHead (which name the signer in bundle.json). */
+const signing = (o: BundleOptions) => (o.signingKey ? { signingKey: o.signingKey } : {});
+
 /**
  * Fixes every entry's place and opens the partial file. When the output already holds a bundle,
  * its artifacts' sha256 stand in for the ones not fetched yet wherever the store reports the same
@@ -28,7 +31,7 @@ export async function planDirect(o: BundleOptions, ctx: BundleContext): Promise<
       return same ? { ...c, sha256: was.sha256 } : c;
     });
     const c = await bundleContent(o, ctx, adopted);
-    const { json, manifest } = bundleJson({ ...c, ...(o.signingKey ? { signingKey: o.signingKey } : {}) });
+    const { json, manifest } = bundleJson({ ...c, ...signing(o) });
     const size = await existingBundle(o.output, json, o.signingKey, old); // throws when it holds another bundle
     ctx.result = { path: o.output, size: size!, sha256: null, manifest, upToDate: true };
     await rm(`${o.output}.partial.done`, { force: true }); // left only by a kill between the rename and its removal
@@ -36,7 +39,7 @@ export async function planDirect(o: BundleOptions, ctx: BundleContext): Promise<
   }
   const c = await bundleContent(o, ctx, ctx.carried);
   const { entries, mtime } = c;
-  const head = bundleHead({ manifest: c.manifest, entries, ...(o.signingKey ? { signingKey: o.signingKey } : {}) });
+  const head = bundleHead({ manifest: c.manifest, entries, ...signing(o) });
   checkMtime(mtime);
   checkEntries(entries);
   // An artifact overwritten since an interrupted run makes that run's partial file useless.
@@ -121,7 +124,7 @@ export async function fetchArtifactsDirect(o: BundleOptions, ctx: BundleContext,
   });
   // Every sha256 bundle.json lists is known now: it can be written, and the whole-file hash start.
   const { entries, manifest, mtime } = await bundleContent(o, ctx, ctx.carried!);
-  const { head, manifest: full } = bundleHead({ manifest, entries, ...(o.signingKey ? { signingKey: o.signingKey } : {}) });
+  const { head, manifest: full } = bundleHead({ manifest, entries, ...signing(o) });
   await writeHead(ctx.direct!, head, mtime, full);
 }
 

@@ -85,11 +85,12 @@ const JOURNAL_MAGIC = 'cartesia-airgap direct bundle 1';
  * false) show the entry's bytes and padding now.
  */
 async function landed(d: DirectBundle, path: string, sha256: string, shown = true): Promise<void> {
+  const p = placeOf(d, path);
   d.done.set(path, sha256);
-  d.flusher.landed(placeOf(d, path).size);
+  d.flusher.landed(p.size);
   await d.journal.write(`${sha256} ${path}\n`); // one O_APPEND write per line: whole lines even with many in flight
   d.placed.add(path);
-  if (!shown) d.cursor.landed(placeOf(d, path).offset, placeOf(d, path).end);
+  if (!shown) d.cursor.landed(p.offset, p.end);
 }
 
 /**
@@ -116,13 +117,13 @@ const headSpan = (head: readonly HeadEntry[], mtime: Date) => head.reduce((n, h)
 export async function openDirect(output: string, head: readonly HeadEntry[], entries: readonly EntrySource[], mtime: Date, versions: readonly string[]): Promise<DirectBundle> {
   const places = new Map<string, Place>();
   const dataStart = headSpan(head, mtime);
+  const headers = entries.map((e) => encodeFileHeader({ name: e.path, size: e.size, mode: e.mode ?? 0o644, mtime }));
   let at = dataStart;
-  for (const e of entries) {
-    const header = encodeFileHeader({ name: e.path, size: e.size, mode: e.mode ?? 0o644, mtime }).length;
-    const end = at + header + e.size + paddingBytes(e.size);
-    places.set(e.path, { header: at, offset: at + header, size: e.size, end, sha256: e.sha256 });
+  entries.forEach((e, i) => {
+    const end = at + headers[i]!.length + e.size + paddingBytes(e.size);
+    places.set(e.path, { header: at, offset: at + headers[i]!.length, size: e.size, end, sha256: e.sha256 });
     at = end;
-  }
+  });
   const size = at + END_OF_ARCHIVE.length;
   const partial = `${output}.partial`;
   const plan = createHash('sha256')
@@ -149,9 +150,9 @@ export async function openDirect(output: string, head: readonly HeadEntry[], ent
   const d: DirectBundle = { output, partial, fh, file, places, dataStart, size, done, journal, flusher: new Flusher(fh), cursor: new HashCursor(file, size), placed: new Set() };
   try {
     // Every header now: each depends only on the plan. Entries found whole are hashed whole.
-    for (const e of entries) {
+    for (const [i, e] of entries.entries()) {
       const p = placeOf(d, e.path);
-      await file.writeBytes(encodeFileHeader({ name: e.path, size: e.size, mode: e.mode ?? 0o644, mtime }), p.header);
+      await file.writeBytes(headers[i]!, p.header);
       if (done.has(e.path)) d.placed.add(e.path);
       d.cursor.landed(p.header, done.has(e.path) ? p.end : p.offset);
     }
