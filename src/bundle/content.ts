@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { OciError } from '../oci/errors.ts';
 import type { ObjectInfo } from '../objects/types.ts';
 import { cutDelta } from './delta.ts';
+import type { Arrivals } from './arrivals.ts';
 import { imageEntries } from './images.ts';
 import { installerEntry, installerRecord } from './installer.ts';
 import type { BundleArtifact, BundleManifest } from './manifest.ts';
@@ -22,17 +23,17 @@ export function bundleDate(release: ResolvedRelease): Date {
 }
 
 /** An artifact as the bundle records it: from the cache (with its file), or planned for a direct bundle (sha256 filled in as it arrives). */
-export type CarriedObject = ObjectInfo & { sha256: string; path?: string };
+export type CarriedObject = ObjectInfo & { sha256: string; path?: string; fetched?: boolean };
 
 /** The bundle's content in tar order and its bundle.json without entries: the same for a cached and a direct bundle. */
-export async function bundleContent(o: BundleOptions, ctx: BundleContext, objects: readonly CarriedObject[]): Promise<{ entries: EntrySource[]; manifest: Omit<BundleManifest, 'entries' | 'signer'>; mtime: Date }> {
+export async function bundleContent(o: BundleOptions, ctx: BundleContext, objects: readonly CarriedObject[], arrivals?: Arrivals): Promise<{ entries: EntrySource[]; manifest: Omit<BundleManifest, 'entries' | 'signer'>; mtime: Date }> {
   const release = ctx.release!;
   const releaseEntries: EntrySource[] = [
     fileEntry(`release/${release.archiveName}`, release.archive.path, release.archive.size, release.archive.sha256),
     fileEntry('release/SHA256SUMS', release.sums.path, release.sums.size, release.sums.sha256),
     ...(release.versionFile ? [fileEntry('release/VERSION', release.versionFile.path, release.versionFile.size, release.versionFile.sha256)] : []),
   ].sort((a, b) => (a.path < b.path ? -1 : 1));
-  const { images, entries: imageFiles } = await imageEntries(ctx.planned!, join(o.cacheDir, 'images'));
+  const { images, entries: imageFiles } = await imageEntries(ctx.planned!, join(o.cacheDir, 'images'), arrivals && ((digest) => arrivals.wait(digest)));
   const sorted = [...objects].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
   const artifacts: BundleArtifact[] = sorted.map((c) => ({
     bucket: c.bucket,
@@ -43,7 +44,8 @@ export async function bundleContent(o: BundleOptions, ctx: BundleContext, object
     ...(c.crc32c ? { crc32c: c.crc32c } : {}),
     path: `artifacts/${c.bucket}/${c.key}`,
   }));
-  const artifactEntries = sorted.map((c, i): EntrySource => (c.path ? fileEntry(artifacts[i]!.path, c.path, c.size, c.sha256) : slotEntry(artifacts[i]!)));
+  // An object fetched by this run was checked against its sha256 as it landed: the writer only counts it.
+  const artifactEntries = sorted.map((c, i): EntrySource => (c.path ? { ...fileEntry(artifacts[i]!.path, c.path, c.size, c.sha256), ...(c.fetched ? { arrival: verifiedNow } : {}) } : slotEntry(artifacts[i]!)));
   // The installer first: `tar -xf BUNDLE tool/` finds it at once, and in the first volume.
   let entries = [...(o.installer ? [installerEntry(o.installer)] : []), ...releaseEntries, ...imageFiles, ...artifactEntries];
   let carried = artifacts;
@@ -67,6 +69,8 @@ export async function bundleContent(o: BundleOptions, ctx: BundleContext, object
   };
   return { entries, manifest, mtime };
 }
+
+const verifiedNow = async () => ({ verified: true });
 
 /** An artifact a direct bundle writes as it arrives: it has no other source to open. */
 const slotEntry = (a: BundleArtifact): EntrySource => ({

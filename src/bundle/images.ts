@@ -15,7 +15,7 @@ import { OCI_INDEX } from '../oci/media-types.ts';
 import { formatReference, type Reference } from '../oci/reference.ts';
 import type { RegistryClient } from '../oci/registry/client.ts';
 import { RemoteRepository } from '../oci/registry/repository.ts';
-import type { Platform } from '../oci/types.ts';
+import type { Descriptor, Platform } from '../oci/types.ts';
 import type { BundleImage } from './manifest.ts';
 import type { EntrySource } from './writer.ts';
 
@@ -97,14 +97,17 @@ const bytesEntry = (path: string, bytes: Buffer): EntrySource & { bytes: Buffer 
 /**
  * The `images/` part of a bundle: one OCI layout holding exactly the planned images, built
  * from the cache (every blob once, sorted by digest), and the image records of bundle.json.
+ * Manifests come from memory (the plan read and verified them), blobs from the cache; with
+ * `arrival`, each blob entry waits for its blob to land (the writer follows the fetch).
  */
-export async function imageEntries(planned: PlannedImage[], cacheDir: string): Promise<{ images: BundleImage[]; entries: EntrySource[] }> {
+export async function imageEntries(planned: PlannedImage[], cacheDir: string, arrival?: (digest: string) => Promise<{ verified: boolean }>): Promise<{ images: BundleImage[]; entries: EntrySource[] }> {
   const cache = new LayoutReader(new DirectoryFiles(cacheDir));
-  const blobs = new Map<string, { size: number }>();
+  const blobs = new Map<string, { size: number; manifest?: { desc: Descriptor; repository: RemoteRepository } }>();
   const index = { schemaVersion: 2 as const, mediaType: OCI_INDEX, manifests: [] as BundleIndexEntry[] };
   const images: BundleImage[] = [];
   for (const p of planned) {
-    for (const d of [...p.graph.manifests, ...p.graph.blobs]) blobs.set(d.digest, { size: d.size });
+    for (const d of p.graph.manifests) blobs.set(d.digest, { size: d.size, manifest: { desc: d, repository: p.repository } });
+    for (const d of p.graph.blobs) blobs.set(d.digest, { size: d.size });
     const root = p.selected.root;
     index.manifests.push({ mediaType: root.mediaType, digest: root.digest, size: root.size, annotations: { [IMAGE_NAME]: formatReference(p.spec.source), [REF_NAME]: refName(p) } });
     images.push({
@@ -122,14 +125,51 @@ export async function imageEntries(planned: PlannedImage[], cacheDir: string): P
   for (const e of small) e.sha256 = createHash('sha256').update(e.bytes).digest('hex');
   const blobEntries: EntrySource[] = [...blobs.entries()]
     .sort(([a], [b]) => (a < b ? -1 : 1))
-    .map(([digest, { size }]) => ({
-      path: `images/blobs/sha256/${digestHex(digest)}`,
-      size,
-      sha256: digestHex(digest),
-      open: (offset = 0) => cache.files.open(`blobs/sha256/${digestHex(digest)}`, offset),
-      file: { path: join(cacheDir, 'blobs', 'sha256', digestHex(digest)), offset: 0, endsFile: true },
-    }));
+    .map(([digest, { size, manifest }]): EntrySource => {
+      const path = `images/blobs/sha256/${digestHex(digest)}`;
+      if (manifest) {
+        return { path, size, sha256: digestHex(digest), open: async (offset = 0) => Readable.from([(await manifest.repository.fetchManifest(manifest.desc)).subarray(offset)]) };
+      }
+      return {
+        path,
+        size,
+        sha256: digestHex(digest),
+        open: (offset = 0) => cache.files.open(`blobs/sha256/${digestHex(digest)}`, offset),
+        file: { path: join(cacheDir, 'blobs', 'sha256', digestHex(digest)), offset: 0, endsFile: true },
+        ...(arrival ? { arrival: () => arrival(digest) } : {}),
+      };
+    });
   return { images: images.sort((a, b) => (a.ref < b.ref ? -1 : 1)), entries: [...small, ...blobEntries] };
+}
+
+/** One image blob to fetch: the first repository that needs it, and how many planned images share it. */
+export interface FetchItem {
+  desc: Descriptor;
+  manifest: boolean;
+  repository: RemoteRepository;
+  uses: number;
+}
+
+const LARGE = 128 << 20;
+
+/**
+ * Every manifest and blob of the planned images once, in the order a bundle writer that follows
+ * the fetch wants them: large blobs first (one stream each, they take longest and would be what the
+ * writer waits for last), then the rest by their place in the file. 4 GiB bench (--direct): final
+ * phase 3.3-3.8 → 2.2-3.3 s.
+ */
+export function fetchOrder(planned: PlannedImage[], place: (desc: Descriptor) => number): FetchItem[] {
+  const items = new Map<string, FetchItem>();
+  for (const p of planned) {
+    for (const [list, manifest] of [[p.graph.manifests, true], [p.graph.blobs, false]] as const) {
+      for (const desc of list) {
+        const item = items.get(desc.digest);
+        if (item) item.uses++;
+        else items.set(desc.digest, { desc, manifest, repository: p.repository, uses: 1 });
+      }
+    }
+  }
+  return [...items.values()].sort((a, b) => Number(b.desc.size >= LARGE) - Number(a.desc.size >= LARGE) || place(a.desc) - place(b.desc));
 }
 
 type BundleIndexEntry = { mediaType: string; digest: string; size: number; annotations: Record<string, string> };

@@ -25,6 +25,8 @@ import { writeBundle, type WriteBundleResult } from './writer.ts';
 import { bundleContent, type CarriedObject } from './content.ts';
 import { closeDirect, type DirectBundle } from './direct.ts';
 import { fetchDirect, planDirect, writeDirect } from './direct-tasks.ts';
+import { Arrivals, prefetchBlobs } from './arrivals.ts';
+import pLimit, { type LimitFunction } from 'p-limit';
 
 export interface BundleOptions {
   recipe: LoadedRecipe;
@@ -70,6 +72,8 @@ export interface BundleContext {
   /** A direct bundle's open file, and its artifacts (sha256 filled in as each arrives). */
   direct?: DirectBundle;
   carried?: CarriedObject[];
+  /** A cached single-file bundle being written while the images arrive; `progress` set by the write phase. */
+  writing?: { result: Promise<WriteBundleResult>; progress?: (done: number, total: number) => void };
 }
 
 
@@ -84,26 +88,26 @@ function meter(task: { output?: string }, total: number, what = '') {
   };
 }
 
-/** Every image into the cache's layout (progress in bytes, as blobs complete). */
-async function fetchImagesTask(o: BundleOptions, ctx: BundleContext, imagesDir: string, progress: (bytes: number) => void): Promise<void> {
-  await mkdir(imagesDir, { recursive: true });
-  const cache = await LayoutDirectory.open(imagesDir);
-  let fetched = 0;
+/**
+ * Every image into the cache's layout: the blobs in the order the bundle writer reads them (see
+ * arrivals.ts), then the manifests and tags. `arrivals` hears of each blob, and of a failure.
+ */
+async function fetchImagesTask(o: BundleOptions, ctx: BundleContext, imagesDir: string, progress: (bytes: number) => void, lanes: LimitFunction, arrivals: Arrivals): Promise<void> {
+  let done = 0;
   try {
-    const results = await fetchImages(ctx.planned!, cache, {
-      concurrency: o.concurrency,
-      onEvent: (_name, e) => {
-        if (e.type === 'blob-done') {
-          fetched += e.bytesTransferred;
-          progress(e.size);
-        }
-      },
-    });
-    ctx.imageBytesFetched = results.reduce((n, r) => n + r.bytesTransferred, 0);
+    await mkdir(imagesDir, { recursive: true });
+    const cache = await LayoutDirectory.open(imagesDir);
+    try {
+      ctx.imageBytesFetched = await prefetchBlobs(ctx.planned!, cache, lanes, arrivals, (n) => progress((done += n, n)));
+      // Every blob is in: this stores the manifests, children before parents, and the cache's tags.
+      const results = await fetchImages(ctx.planned!, cache, { concurrency: o.concurrency });
+      ctx.imageBytesFetched += results.reduce((n, r) => n + r.bytesTransferred, 0);
+    } finally {
+      await cache.close();
+    }
   } catch (err) {
-    throw await explainNoSpace(err, { dir: imagesDir, doing: 'fetching the images into the cache', flag: '--cache-dir', needed: Math.max(0, (ctx.imageBytesMissing ?? 0) - fetched) });
-  } finally {
-    await cache.close();
+    arrivals.fail(err);
+    throw await explainNoSpace(err, { dir: imagesDir, doing: 'fetching the images into the cache', flag: '--cache-dir', needed: Math.max(0, (ctx.imageBytesMissing ?? 0) - done) });
   }
 }
 
@@ -212,12 +216,14 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
         const progress = (n: number): void => show((done += n));
         // Both run to their end, so a failure is reported the same way whichever came first
         // (images before artifacts), and what either finished stays in the cache for the re-run.
-        const [images, artifacts] = await Promise.allSettled(ctx.direct ? fetchDirect(o, ctx, progress) : [fetchImagesTask(o, ctx, imagesDir, progress), o.customer ? fetchArtifactsTask(o, ctx, progress) : Promise.resolve()]);
+        const [images, artifacts] = await Promise.allSettled(ctx.direct ? fetchDirect(o, ctx, progress) : fetchCached(o, ctx, imagesDir, progress));
         const failed = images.status === 'rejected' ? images.reason : artifacts.status === 'rejected' ? artifacts.reason : undefined;
         if (failed !== undefined && ctx.direct) {
           await closeDirect(ctx.direct);
           throw await explainNoSpace(failed, { dir: dirname(o.output), doing: `writing ${o.output}`, flag: '--output', needed: ctx.bundleBytes ?? 0 });
         }
+        // The writer stops at the first blob that will not come; its partial file is gone before this reports.
+        if (failed !== undefined) await ctx.writing?.result.catch(() => {});
         if (failed !== undefined) throw failed;
         const fromCache = `${mib(Math.max(0, imageTotal - ctx.imageBytesFetched))} from the cache or shared`;
         const objects = o.customer ? `; ${(ctx.cached ?? ctx.carried)!.length} artifacts fetched and verified (${mib(ctx.objectBytesFetched)} transferred)` : '; no --customer or --customer-bucket given, no artifacts';
@@ -229,7 +235,9 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
       task: async (ctx, task) => {
         let show: ((done: number) => void) | undefined;
         let hashing: ((done: number) => void) | undefined;
-        ctx.result ??= await writeOut(o, ctx, (done, total) => (show ??= meter(task, total))(done), (done, total) => (hashing ??= meter(task, total, 'hashing the pieces of entries larger than a volume: '))(done)).catch(async (err: unknown) => {
+        const progress = (done: number, total: number) => (show ??= meter(task, total))(done);
+        if (ctx.writing) ctx.writing.progress = progress;
+        ctx.result ??= await (ctx.writing?.result ?? writeOut(o, ctx, progress, (done, total) => (hashing ??= meter(task, total, 'hashing the pieces of entries larger than a volume: '))(done))).catch(async (err: unknown) => {
           throw await explainNoSpace(err, { dir: dirname(o.output), doing: `writing ${o.output}`, flag: '--output', ...(ctx.bundleBytes !== undefined ? { needed: ctx.bundleBytes } : {}) });
         });
         const v = ctx.result.volumes;
@@ -246,9 +254,27 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
   ];
 }
 
-async function writeOut(o: BundleOptions, ctx: BundleContext, progress: (done: number, total: number) => void, hashing: (done: number, total: number) => void): Promise<WriteBundleResult> {
+/**
+ * The cached fetch: [images, artifacts], side by side. A single-file bundle's writer starts as
+ * soon as the artifacts (which bundle.json lists) are in and follows the images as they land
+ * (ctx.writing); until then the images get one lane, so the artifacts go first.
+ */
+function fetchCached(o: BundleOptions, ctx: BundleContext, imagesDir: string, progress: (bytes: number) => void): [Promise<void>, Promise<void>] {
+  const lanes = pLimit(1);
+  const arrivals = new Arrivals();
+  const artifacts = o.customer ? fetchArtifactsTask(o, ctx, progress) : Promise.resolve();
+  void artifacts.finally(() => (lanes.concurrency = o.concurrency)).catch(() => {});
+  if (o.splitSize === undefined) {
+    const writing: NonNullable<BundleContext['writing']> = { result: artifacts.then(() => writeOut(o, ctx, (done, total) => writing.progress?.(done, total), () => {}, arrivals)) };
+    writing.result.catch(() => {}); // awaited by the write phase, or after a failed fetch
+    ctx.writing = writing;
+  }
+  return [fetchImagesTask(o, ctx, imagesDir, progress, lanes, arrivals), artifacts];
+}
+
+async function writeOut(o: BundleOptions, ctx: BundleContext, progress: (done: number, total: number) => void, hashing: (done: number, total: number) => void, arrivals?: Arrivals): Promise<WriteBundleResult> {
   if (ctx.direct) return writeDirect(o, ctx);
-  const { entries, manifest, mtime } = await bundleContent(o, ctx, ctx.cached ?? []);
+  const { entries, manifest, mtime } = await bundleContent(o, ctx, ctx.cached ?? [], arrivals);
   const total = entries.reduce((n, e) => n + e.size, 0);
   // Bytes written per tar entry (a volume's pieces count as entries of their own), summed.
   const written = new Map<string, number>();

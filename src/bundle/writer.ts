@@ -30,6 +30,13 @@ export interface EntrySource {
   /** Tar mode: 0o644 (the default), or 0o755 for an executable. */
   mode?: number;
   /**
+   * Set when the bytes may still be arriving (the writer follows the fetch): resolves once they
+   * are in place, `verified` when this process checked them against `sha256` as they landed. Those
+   * are only counted, not hashed again: the whole file's sha256 still covers them, and `verify`
+   * re-checks every entry.
+   */
+  arrival?: () => Promise<{ verified: boolean }>;
+  /**
    * Set when the bytes lie in a local file, `size` of them from `offset`: the writer then reads
    * them in place into its own buffers instead of through `open()` (no stream, no per-chunk
    * buffers to allocate and collect), which is most of its speed on large layers.
@@ -218,8 +225,9 @@ export async function writeTarFile(
       await out.append(ZEROS.subarray(0, paddingBytes(h.bytes.length)));
     }
     for (const e of entries) {
+      const verified = e.arrival ? (await e.arrival()).verified : false;
       await out.append(encodeFileHeader({ name: e.path, size: e.size, mode: e.mode ?? 0o644, mtime }));
-      await copyEntry(e, out, onBytes);
+      await copyEntry(e, out, onBytes, verified);
       await out.append(ZEROS.subarray(0, paddingBytes(e.size)));
     }
     await out.append(END_OF_ARCHIVE);
@@ -255,12 +263,16 @@ export async function existingBundle(output: string, json: Buffer, signingKey: K
 
 type Progress = ((path: string, bytes: number) => void) | undefined;
 
-/** Copies one entry into the tar, hashing and counting; refuses bytes that differ from what was declared. */
-async function copyEntry(e: EntrySource, out: TarOutput, onBytes: Progress): Promise<void> {
-  const hash = createHash('sha256');
+/**
+ * Copies one entry into the tar, hashing (unless `verified` moments ago) and counting; refuses
+ * bytes that differ from what was declared.
+ */
+async function copyEntry(e: EntrySource, out: TarOutput, onBytes: Progress, verified: boolean): Promise<void> {
+  const hash = verified ? undefined : createHash('sha256');
   onBytes?.(e.path, 0);
   const n = e.file ? await copyFromFile(e, e.file, out, hash, onBytes) : await copyFromStream(e, out, hash, onBytes);
   if (n !== e.size) throw new OciError('SIZE_MISMATCH', `${e.path}: ${n} bytes, declared ${e.size}; its source changed since it was listed`);
+  if (!hash) return;
   const got = hash.digest('hex');
   if (got !== e.sha256) throw new OciError('DIGEST_MISMATCH', `${e.path}: sha256 ${got}, declared ${e.sha256}; its source changed since it was listed`);
 }
@@ -273,7 +285,7 @@ function readFailure(e: EntrySource, err: unknown): Error {
 }
 
 /** Reads the entry's bytes from its file straight into the tar's buffers; the bytes read (fewer than declared when the file is short). */
-async function copyFromFile(e: EntrySource, file: NonNullable<EntrySource['file']>, out: TarOutput, hash: Hash, onBytes: Progress): Promise<number> {
+async function copyFromFile(e: EntrySource, file: NonNullable<EntrySource['file']>, out: TarOutput, hash: Hash | undefined, onBytes: Progress): Promise<number> {
   const fh = await open(file.path, 'r').catch((err: unknown) => {
     throw readFailure(e, err);
   });
@@ -287,7 +299,7 @@ async function copyFromFile(e: EntrySource, file: NonNullable<EntrySource['file'
         const { bytesRead } = await fh.read(into, 0, into.length, file.offset + n).catch((err: unknown) => {
           throw readFailure(e, err);
         });
-        hash.update(into.subarray(0, bytesRead));
+        hash?.update(into.subarray(0, bytesRead));
         return bytesRead;
       });
       if (got === 0) break;
@@ -301,7 +313,7 @@ async function copyFromFile(e: EntrySource, file: NonNullable<EntrySource['file'
 }
 
 /** Copies the entry's bytes from its source stream; the bytes read. */
-async function copyFromStream(e: EntrySource, out: TarOutput, hash: Hash, onBytes: Progress): Promise<number> {
+async function copyFromStream(e: EntrySource, out: TarOutput, hash: Hash | undefined, onBytes: Progress): Promise<number> {
   let source: Readable;
   try {
     source = await e.open();
@@ -319,7 +331,7 @@ async function copyFromStream(e: EntrySource, out: TarOutput, hash: Hash, onByte
       n += next.value.length;
       // Checked before writing, so a source that runs long never puts extra bytes in the tar.
       if (n > e.size) throw tooLong(e);
-      hash.update(next.value);
+      hash?.update(next.value);
       await out.append(next.value); // a write failure passes through as it is: it names the tar file
       onBytes?.(e.path, n);
     }

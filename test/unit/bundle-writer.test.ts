@@ -1,11 +1,12 @@
 import { execFile } from 'node:child_process';
 import { createHash, createPrivateKey, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, open, readdir, readFile, rm, stat, symlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, readFile, rename, rm, stat, symlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import { describe, expect, it, vi } from 'vitest';
+import { Arrivals } from '../../src/bundle/arrivals.ts';
 import { generateSigningKeyPair } from '../../src/bundle/keys.ts';
 import { bundleManifestSchema, type BundleManifest } from '../../src/bundle/manifest.ts';
 import { loadSigningKey } from '../../src/bundle/sign.ts';
@@ -164,6 +165,48 @@ describe('writeBundle', () => {
     expect(err.message).toMatch(message);
     expect(err.message).not.toContain('\n');
     expect((await readdir(fx.dir)).filter((f) => f.startsWith('release.tar'))).toEqual([]);
+  });
+
+  it('follows entries still arriving: writes each once it has landed, and the same bytes as when all were there', async () => {
+    const fx = await fixture();
+    const whole = await writeBundle({ output: join(fx.dir, 'whole.tar'), manifest: fx.manifest, entries: fx.entries, mtime: MTIME });
+    // The blob (entry 4) has not landed yet: its file is elsewhere until the arrival says it is in.
+    const blob = fx.entries[4]!;
+    await rename(blob.file!.path, `${blob.file!.path}.landing`);
+    const arrivals = new Arrivals();
+    const entries = fx.entries.map((e, i) => (i === 4 ? { ...e, arrival: () => arrivals.wait('sha256:blob') } : e));
+    const written = writeBundle({ output: join(fx.dir, 'followed.tar'), manifest: fx.manifest, entries, mtime: MTIME });
+    await vi.waitFor(() => stat(join(fx.dir, 'followed.tar.partial')), { timeout: 5000 }); // started
+    let settled = false;
+    written.finally(() => (settled = true)).catch(() => {});
+    await new Promise((r) => setTimeout(r, 200));
+    expect(settled).toBe(false); // waiting at the blob, not failing on its missing file
+    await rename(`${blob.file!.path}.landing`, blob.file!.path);
+    arrivals.landed('sha256:blob', false);
+    const r = await written;
+    expect(r.sha256).toBe(whole.sha256);
+    expect(await sha256sum(join(fx.dir, 'followed.tar'))).toBe(whole.sha256);
+  });
+
+  it('hashes an arrival again unless this run verified it as it landed; a fetch that failed stops the writer and removes the partial', async () => {
+    const fx = await fixture();
+    const file = fx.entries[4]!.file!.path;
+    const bytes = await readFile(file);
+    bytes[1000]! ^= 1;
+    await writeFile(file, bytes); // damaged after the (pretended) check at landing
+    const landed = (verified: boolean) => fx.entries.map((e, i) => (i === 4 ? { ...e, arrival: async () => ({ verified }) } : e));
+    const err = await rejection(writeBundle({ output: join(fx.dir, 'a.tar'), manifest: fx.manifest, entries: landed(false), mtime: MTIME }));
+    expect(isOciError(err, 'DIGEST_MISMATCH')).toBe(true);
+    // Verified on landing: only counted; the tar carries what is there (verify would name it).
+    await writeBundle({ output: join(fx.dir, 'b.tar'), manifest: fx.manifest, entries: landed(true), mtime: MTIME });
+    const out = await extract(join(fx.dir, 'b.tar'));
+    expect((await readFile(join(out, fx.entries[4]!.path))).equals(bytes)).toBe(true);
+
+    const arrivals = new Arrivals();
+    const stopped = rejection(writeBundle({ output: join(fx.dir, 'c.tar'), manifest: fx.manifest, entries: fx.entries.map((e, i) => (i === 4 ? { ...e, arrival: () => arrivals.wait('sha256:x') } : e)), mtime: MTIME }));
+    arrivals.fail(new Error('registry went away'));
+    expect((await stopped).message).toBe('registry went away');
+    expect((await readdir(fx.dir)).filter((f) => f.startsWith('c.tar'))).toEqual([]);
   });
 
   it('cleans up when a source fails to read', async () => {
