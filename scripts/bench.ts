@@ -35,16 +35,20 @@ const node = process.execPath;
 process.env.PATH = `${dirname(node)}:${process.env.PATH ?? ''}`;
 const log = (s: string) => console.error(`bench: ${s}`);
 
-/** CPU seconds the bed's server processes used so far (utime + stime from /proc). */
-async function serverCpu(bed: Testbed): Promise<number> {
-  let ticks = 0;
+/** CPU seconds the bed's server processes used so far (utime + stime from /proc), by what they serve. */
+async function serverCpu(bed: Testbed): Promise<Record<string, number>> {
+  const by: Record<string, number> = {};
   for (const pid of bed.pids) {
     const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+    const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    ticks += Number(fields[11] ?? 0) + Number(fields[12] ?? 0);
+    const role = /registry/.test(cmd) ? 'registry' : /moto/.test(cmd) ? 's3' : /gcs/.test(cmd) ? 'gcs' : 'other';
+    by[role] = (by[role] ?? 0) + (Number(fields[11] ?? 0) + Number(fields[12] ?? 0)) / 100; // USER_HZ is 100 on Linux
   }
-  return ticks / 100; // USER_HZ is 100 on Linux
+  return by;
 }
+
+const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
 
 /**
  * Drops a bucket the bed's S3 holds (moto keeps objects in memory and temp files): at 4 GiB, six
@@ -79,7 +83,11 @@ async function forgetSkopeoBlobs(): Promise<void> {
 interface Sample {
   seconds: number;
   maxRssMiB: number;
+  /** The measured commands' own CPU (user + system). */
+  cpuSeconds: number;
   serverCpuSeconds: number;
+  /** The same by server: registry (all three), s3 (moto), gcs (the emulator). */
+  serverCpuByRole: Record<string, number>;
 }
 
 /** Runs the steps one after another (as a shell script would) and sums them into one sample. */
@@ -94,20 +102,29 @@ async function sample(bed: Testbed, label: string, steps: (() => Promise<Timed>)
   const cpu0 = await serverCpu(bed);
   let seconds = 0;
   let rss = 0;
+  let cpu = 0;
   for (const step of steps) {
     const t = await step();
     seconds += t.seconds;
+    cpu += t.cpuSeconds;
     rss = Math.max(rss, t.maxRssKiB / 1024);
   }
-  const s = { seconds, maxRssMiB: rss, serverCpuSeconds: (await serverCpu(bed)) - cpu0 };
-  log(`${label}: ${s.seconds.toFixed(2)} s, peak RSS ${s.maxRssMiB.toFixed(0)} MiB, servers ${s.serverCpuSeconds.toFixed(1)} CPU s`);
+  const cpu1 = await serverCpu(bed);
+  const byRole = Object.fromEntries(Object.keys(cpu1).map((r) => [r, Number((cpu1[r]! - (cpu0[r] ?? 0)).toFixed(2))]));
+  const s = { seconds, maxRssMiB: rss, cpuSeconds: Number(cpu.toFixed(2)), serverCpuSeconds: Number(sum(Object.values(byRole)).toFixed(2)), serverCpuByRole: byRole };
+  log(`${label}: ${s.seconds.toFixed(2)} s, peak RSS ${s.maxRssMiB.toFixed(0)} MiB, own CPU ${s.cpuSeconds.toFixed(1)} s, servers ${s.serverCpuSeconds.toFixed(1)} CPU s (${roles(byRole)})`);
   return s;
 }
+
+/** Server CPU by role, the busy ones: `registry 20.1, s3 13.2`. */
+const roles = (by: Record<string, number>) => Object.entries(by).filter(([, v]) => v >= 0.5).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ') || 'idle';
 
 const summarize = (xs: Sample[]) => ({
   medianSeconds: median(xs.map((x) => x.seconds)),
   maxRssMiB: Math.max(...xs.map((x) => x.maxRssMiB)),
+  medianCpuSeconds: median(xs.map((x) => x.cpuSeconds)),
   medianServerCpuSeconds: median(xs.map((x) => x.serverCpuSeconds)),
+  medianServerCpuByRole: Object.fromEntries(Object.keys(xs[0]?.serverCpuByRole ?? {}).map((r) => [r, median(xs.map((x) => x.serverCpuByRole[r] ?? 0))])),
   samples: xs,
 });
 
@@ -227,10 +244,10 @@ async function main(b: Testbed): Promise<void> {
 
   const gib = (n: number) => (n / 2 ** 30).toFixed(2);
   const mbs = (s: number) => (bundleSize / 1e6 / Math.max(s, 0.001)).toFixed(0);
-  const row = (name: string, s: { medianSeconds: number; maxRssMiB: number; medianServerCpuSeconds: number }) =>
-    console.log(`${name.padEnd(44)} ${s.medianSeconds.toFixed(2).padStart(9)} ${mbs(s.medianSeconds).padStart(7)} ${s.maxRssMiB.toFixed(0).padStart(9)} ${s.medianServerCpuSeconds.toFixed(1).padStart(11)}`);
+  const row = (name: string, s: ReturnType<typeof summarize>) =>
+    console.log(`${name.padEnd(44)} ${s.medianSeconds.toFixed(2).padStart(9)} ${mbs(s.medianSeconds).padStart(7)} ${s.maxRssMiB.toFixed(0).padStart(9)} ${s.medianCpuSeconds.toFixed(1).padStart(9)} ${s.medianServerCpuSeconds.toFixed(1).padStart(11)}  ${roles(s.medianServerCpuByRole)}`);
   console.log(`\nbundle of ${bundleSize} bytes (${gib(bundleSize)} GiB), ${runs} runs each, median${values.cold ? ', page cache dropped before each' : ''}; ${report.machine.cores} cores, ${gib(report.machine.memoryBytes)} GiB RAM, ${report.date.slice(0, 10)}`);
-  console.log(`${'operation'.padEnd(44)} ${'seconds'.padStart(9)} ${'MB/s'.padStart(7)} ${'RSS MiB'.padStart(9)} ${'server CPU s'.padStart(11)}`);
+  console.log(`${'operation'.padEnd(44)} ${'seconds'.padStart(9)} ${'MB/s'.padStart(7)} ${'RSS MiB'.padStart(9)} ${'own CPU s'.padStart(9)} ${'server CPU s'.padStart(11)}  by server`);
   row('bundle: cartesia-airgap', m.bundle.ours);
   row('bundle --direct: cartesia-airgap', m.bundle.direct);
   row('bundle: skopeo + @google-cloud/storage', m.bundle.peer);

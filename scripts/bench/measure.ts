@@ -17,6 +17,8 @@ export const scriptArgs = (): string[] => {
 export interface Timed {
   seconds: number;
   maxRssKiB: number;
+  /** User + system CPU of the command (its threads included). */
+  cpuSeconds: number;
   stdout: string;
 }
 
@@ -24,13 +26,13 @@ export interface Timed {
 let current: ChildProcess | undefined;
 
 /**
- * Runs `cmd` under `/usr/bin/time -f '%e %M' -o FILE`: GNU time's own report goes to a file, not
+ * Runs `cmd` under `/usr/bin/time -f '%e %M %U %S' -o FILE`: GNU time's own report goes to a file, not
  * mixed with the program's stderr (kept only as a tail for error messages).
  * Async on purpose: the bed's token issuer lives in this process and must keep answering.
  */
 export async function timed(scratch: string, label: string, cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv } = {}): Promise<Timed> {
   const timeFile = join(scratch, `time-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2)}.txt`);
-  const proc = spawn('/usr/bin/time', ['-o', timeFile, '-f', '%e %M', cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
+  const proc = spawn('/usr/bin/time', ['-o', timeFile, '-f', '%e %M %U %S', cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
   current = proc;
   let stdout = '';
   let stderrTail = '';
@@ -40,9 +42,9 @@ export async function timed(scratch: string, label: string, cmd: string, args: s
   current = undefined;
   if (code !== 0) throw new Error(`${label} exited ${code}:\n${stderrTail.trim()}`);
   // GNU time writes "Command exited with non-zero status" lines first on failure; the figures are last.
-  const [secs, kib] = (await readFile(timeFile, 'utf8')).trim().split('\n').at(-1)!.split(' ').map(Number);
-  if (!Number.isFinite(secs) || !Number.isFinite(kib)) throw new Error(`could not read GNU time's output in ${timeFile}`);
-  return { seconds: secs!, maxRssKiB: kib!, stdout };
+  const [secs, kib, user, sys] = (await readFile(timeFile, 'utf8')).trim().split('\n').at(-1)!.split(' ').map(Number);
+  if (![secs, kib, user, sys].every(Number.isFinite)) throw new Error(`could not read GNU time's output in ${timeFile}`);
+  return { seconds: secs!, maxRssKiB: kib!, cpuSeconds: user! + sys!, stdout };
 }
 
 export function median(xs: number[]): number {

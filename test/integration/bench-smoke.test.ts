@@ -30,6 +30,7 @@ interface Report {
   ratios: Record<'bundle' | 'bundleDirect' | 'install' | 'verify', number>;
   noop: Record<'bundle' | 'bundleDirect' | 'install', number>;
   rssMiB: Record<'bundle' | 'bundleDirect' | 'install' | 'verify', number>;
+  measurements: { install: { ours: { medianCpuSeconds: number; medianServerCpuSeconds: number; medianServerCpuByRole: Record<string, number>; samples: { serverCpuByRole: Record<string, number> }[] } } };
 }
 
 describe('npm run bench -- --size 8MiB --runs 1 --json FILE', () => {
@@ -61,10 +62,17 @@ describe('npm run bench -- --size 8MiB --runs 1 --json FILE', () => {
     expect(r.machine.memoryBytes).toBeGreaterThan(0);
     expect(new Date(r.date).toISOString()).toBe(r.date);
 
-    // The table: name, seconds, MB/s, peak RSS MiB, server CPU seconds.
+    // Whose CPU the time went to: our own process, and each server (install loads the registry and S3).
+    const install = r.measurements.install.ours;
+    expect(install.medianCpuSeconds).toBeGreaterThan(0);
+    expect(install.medianServerCpuByRole.registry).toBeGreaterThan(0);
+    expect(install.medianServerCpuByRole.s3).toBeGreaterThan(0);
+    expect(install.medianServerCpuSeconds).toBeCloseTo(Object.values(install.samples[0]!.serverCpuByRole).reduce((a, b) => a + b, 0), 1);
+
+    // The table: name, seconds, MB/s, peak RSS MiB, own CPU seconds, server CPU seconds, by server.
     const rows = ['bundle: cartesia-airgap', 'bundle --direct: cartesia-airgap', 'bundle --direct again (no-op)', 'bundle: skopeo + @google-cloud/storage', 'install: cartesia-airgap', 'install: skopeo + @aws-sdk/lib-storage', 'verify: cartesia-airgap', 'verify: sha256sum', 'bundle again (no-op)', 'install again (no-op)'];
     for (const row of rows) {
-      expect(stdout).toMatch(new RegExp(`^${row.replace(/[()+]/g, '\\$&')} +\\d+\\.\\d{2} +\\d+ +\\d+ +\\d+\\.\\d$`, 'm'));
+      expect(stdout).toMatch(new RegExp(`^${row.replace(/[()+]/g, '\\$&')} +\\d+\\.\\d{2} +\\d+ +\\d+ +\\d+\\.\\d +\\d+\\.\\d  (idle|[a-z0-9]+ \\d+\\.\\d(, [a-z0-9]+ \\d+\\.\\d)*)$`, 'm'));
     }
     expect(stdout).toMatch(/^ratios: bundle [\d.]+ .*verify throughput [\d.]+ × sha256sum/m);
   });
