@@ -1,7 +1,8 @@
 /** The steps of `bundle --direct` (direct.ts) as the bundle phases call them. */
 import { rm, stat } from 'node:fs/promises';
 import pLimit from 'p-limit';
-import { mapBounded } from '../util/bounded.ts';
+import { mapBounded, mapBySize } from '../util/bounded.ts';
+import { SMALL_LANES, SMALL_OBJECT } from '../objects/cache.ts';
 import { digestHex } from '../oci/digest.ts';
 import type { Descriptor } from '../oci/types.ts';
 import { bundleContent } from './content.ts';
@@ -96,7 +97,7 @@ export function fetchDirect(o: BundleOptions, ctx: BundleContext, progress: (byt
 
 /** Each listed artifact into its place; its sha256 recorded for bundle.json. */
 export async function fetchArtifactsDirect(o: BundleOptions, ctx: BundleContext, progress: (bytes: number) => void): Promise<void> {
-  await mapBounded(ctx.carried!, o.concurrency, async (c) => {
+  await mapBySize(ctx.carried!, (c) => c.size, { small: SMALL_OBJECT, lanes: o.concurrency, smallLanes: SMALL_LANES * o.concurrency }, async (c) => {
     const path = `artifacts/${c.bucket}/${c.key}`;
     const had = ctx.direct!.done.get(path);
     if (had) {

@@ -13,7 +13,7 @@ import { dirname } from 'node:path';
 import type { Readable } from 'node:stream';
 import { OciError, isOciError } from '../oci/errors.ts';
 import { encodeFileHeader, END_OF_ARCHIVE, paddingBytes } from '../tar/header.ts';
-import { BlockFile } from '../util/direct-io.ts';
+import { BlockFile, DirectReader } from '../util/direct-io.ts';
 import { TarOutput } from '../tar/output.ts';
 import { keyFingerprint } from './keys.ts';
 import { bundleManifestSchema, entrySchema, MANIFEST_PATH, SIGNATURE_PATH, SUMS_PATH, type AnyManifest, type BundleEntry, type BundleManifest } from './manifest.ts';
@@ -284,22 +284,22 @@ function readFailure(e: EntrySource, err: unknown): Error {
   return new OciError((err as NodeJS.ErrnoException).code === 'ENOENT' ? 'NOT_FOUND' : 'NETWORK', `reading ${e.path} for the bundle failed: ${(err as Error).message}`, { cause: err });
 }
 
-/** Reads the entry's bytes from its file straight into the tar's buffers; the bytes read (fewer than declared when the file is short). */
+/** Reads the entry's bytes from its file straight into the tar's buffers (around the page cache where it can); the bytes read (fewer than declared when the file is short). */
 async function copyFromFile(e: EntrySource, file: NonNullable<EntrySource['file']>, out: TarOutput, hash: Hash | undefined, onBytes: Progress): Promise<number> {
-  const fh = await open(file.path, 'r').catch((err: unknown) => {
+  const reader = await DirectReader.open(file.path).catch((err: unknown) => {
     throw readFailure(e, err);
   });
   try {
     // Refused before any byte is read, so a file that grew never puts extra bytes in the tar.
-    if (file.endsFile && (await fh.stat()).size > file.offset + e.size) throw tooLong(e);
+    if (file.endsFile && (await reader.fh.stat()).size > file.offset + e.size) throw tooLong(e);
     let n = 0;
     while (n < e.size) {
       const got = await out.fill(async (room) => {
-        const into = room.subarray(0, Math.min(room.length, e.size - n));
-        const { bytesRead } = await fh.read(into, 0, into.length, file.offset + n).catch((err: unknown) => {
+        const want = Math.min(room.length, e.size - n);
+        const bytesRead = await reader.read(room, want, file.offset + n).catch((err: unknown) => {
           throw readFailure(e, err);
         });
-        hash?.update(into.subarray(0, bytesRead));
+        hash?.update(room.subarray(0, bytesRead));
         return bytesRead;
       });
       if (got === 0) break;
@@ -308,7 +308,7 @@ async function copyFromFile(e: EntrySource, file: NonNullable<EntrySource['file'
     }
     return n;
   } finally {
-    await fh.close().catch(() => {}); // read only: nothing to lose, and the first error is the one to report
+    await reader.close().catch(() => {}); // read only: nothing to lose, and the first error is the one to report
   }
 }
 

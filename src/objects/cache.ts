@@ -1,13 +1,13 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { openFileSlot } from '../tar/slot.ts';
 import { writeFileAtomic } from '../util/atomic.ts';
 import { jitteredBackoff } from '../util/backoff.ts';
-import { mapBounded } from '../util/bounded.ts';
+import { mapBySize } from '../util/bounded.ts';
 import { hashFile, MultiHasher, type ObjectHashes } from './hashes.ts';
 import { CodedError } from '../util/errors.ts';
 import { isAlive } from '../util/process.ts';
@@ -170,11 +170,15 @@ export async function streamObject(source: ObjectSource, info: ObjectInfo, sink:
 /** One generation into a new temp file of the cache (removed unless bytes came). */
 async function download(source: ObjectSource, info: ObjectInfo, tmpDir: string, onBytes?: (n: number) => void): Promise<Download> {
   const tmp = join(tmpDir, `${process.pid}-${randomBytes(8).toString('hex')}.partial`);
+  const file = await openFileSlot(tmp, info.size, gsUrl(info), { flags: 'wx' });
   try {
-    const got = await streamObject(source, info, createWriteStream(tmp, { flags: 'wx', flush: true }), onBytes);
+    const got = await streamObject(source, info, file.sink, onBytes);
+    if (got.kind === 'bytes') await file.finish();
+    await file.close();
     if (got.kind === 'gone') await rm(tmp, { force: true });
     return got.kind === 'gone' ? got : { ...got, tmp };
   } catch (err) {
+    await file.close();
     await rm(tmp, { force: true });
     throw err;
   }
@@ -234,6 +238,14 @@ export async function fetchObject(source: ObjectSource, info: ObjectInfo, cacheD
   }
 }
 
+/**
+ * Objects up to this size are paced by round trips and fsyncs, not bytes: they get SMALL_LANES
+ * times the lanes (4 GiB bench, 400 small migrations beside four LoRA files: the artifacts were in
+ * after 12.4-13.6 s instead of 17-21).
+ */
+export const SMALL_OBJECT = 8 << 20;
+export const SMALL_LANES = 4;
+
 export interface SyncOptions extends FetchOptions {
   /** Objects fetched at once (default 8). */
   concurrency?: number;
@@ -245,7 +257,8 @@ export interface SyncOptions extends FetchOptions {
 export async function syncPrefix(source: ObjectSource, bucket: string, prefixes: string[], cacheDir: string, opts: SyncOptions = {}): Promise<CachedObject[]> {
   const found = new Map<string, ObjectInfo>();
   for (const prefix of prefixes) for await (const o of source.list(bucket, prefix)) found.set(o.key, o);
-  const cached = await mapBounded([...found.values()], opts.concurrency ?? 8, async (info) => {
+  const lanes = opts.concurrency ?? 8;
+  const cached = await mapBySize([...found.values()], (info) => info.size, { small: SMALL_OBJECT, lanes, smallLanes: SMALL_LANES * lanes }, async (info) => {
     const o = await fetchObject(source, info, cacheDir, opts);
     opts.onObject?.(o);
     return o;

@@ -7,9 +7,10 @@
  * page cache (util/direct-io.ts). Two pooled buffers, so one fills while the other is written;
  * they go back to the pool when the slot is done.
  */
+import { open } from 'node:fs/promises';
 import { Writable } from 'node:stream';
 import { OciError } from '../oci/errors.ts';
-import { BLOCK, DIRECT_BUFFER, releaseBuffer, takeBuffer, type BlockFile } from '../util/direct-io.ts';
+import { BLOCK, BlockFile, DIRECT_BUFFER, releaseBuffer, takeBuffer } from '../util/direct-io.ts';
 
 export class SlotWriter extends Writable {
   readonly #file: BlockFile;
@@ -100,4 +101,33 @@ export class SlotWriter extends Writable {
     this.#filling ^= 1;
     this.#fill = 0;
   }
+}
+
+/**
+ * A whole file as one slot (a cached blob or object being downloaded): written around the page
+ * cache like the bundle (on the test VM buffered writes cost 4 CPU s per GiB, direct ones 0.25).
+ * `finish` cuts the file to the bytes written (the last write may be a whole block) and fsyncs
+ * it; `close` closes it either way.
+ */
+export async function openFileSlot(path: string, size: number, what: string, opts: { flags: 'w' | 'wx' | 'r+'; from?: number }): Promise<{ sink: SlotWriter; finish(): Promise<void>; close(): Promise<void> }> {
+  const fh = await open(path, opts.flags);
+  let file: BlockFile;
+  try {
+    file = await BlockFile.open(fh, path);
+  } catch (err) {
+    await fh.close();
+    throw err;
+  }
+  const sink = new SlotWriter(file, { offset: 0, size, what }, opts.from ?? 0);
+  return {
+    sink,
+    finish: async () => {
+      await fh.truncate(sink.written);
+      await fh.sync();
+    },
+    close: async () => {
+      await file.close();
+      await fh.close().catch(() => {}); // the first error is the one to report
+    },
+  };
 }

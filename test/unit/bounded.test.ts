@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
-import { mapBounded } from '../../src/util/bounded.ts';
+import { mapBounded, mapBySize } from '../../src/util/bounded.ts';
 
 describe('mapBounded', () => {
   it('keeps input order and never runs more than the limit at once', async () => {
@@ -30,5 +30,34 @@ describe('mapBounded', () => {
     await expect(p).rejects.toThrow('first');
     expect(finished).toContain(0); // the running call was awaited before the rejection
     expect(started).not.toContain(5);
+  });
+});
+
+describe('mapBySize', () => {
+  it('gives small items their own, wider lanes beside the large ones; results in input order', async () => {
+    const running = { small: 0, large: 0 };
+    const peak = { small: 0, large: 0 };
+    const sizes = [900, 5, 7, 800, 3, 1, 2, 950, 4, 6, 8, 9];
+    const out = await mapBySize(sizes, (n) => n, { small: 100, lanes: 2, smallLanes: 4 }, async (n) => {
+      const kind = n > 100 ? 'large' : 'small';
+      peak[kind] = Math.max(peak[kind], ++running[kind]);
+      await sleep(kind === 'large' ? 30 : 5);
+      running[kind]--;
+      return n * 2;
+    });
+    expect(out).toEqual(sizes.map((n) => n * 2));
+    expect(peak).toEqual({ small: 4, large: 2 });
+  });
+
+  it('after the first failure starts nothing new in either group and throws that failure', async () => {
+    const started: number[] = [];
+    const err = await mapBySize([1, 2, 3, 4, 5, 500, 600, 700], (n) => n, { small: 100, lanes: 1, smallLanes: 1 }, async (n) => {
+      started.push(n);
+      await sleep(n > 100 ? 40 : 10); // the large one is still running when the small one fails
+      if (n === 1) throw new Error('first');
+      return n;
+    }).catch((e: unknown) => e as Error);
+    expect((err as Error).message).toBe('first');
+    expect(started.sort((a, b) => a - b)).toEqual([1, 500]);
   });
 });

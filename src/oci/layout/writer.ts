@@ -1,9 +1,10 @@
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream } from 'node:fs';
 import { mkdir, readFile, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { openFileSlot } from '../../tar/slot.ts';
 import { writeFileAtomic } from '../../util/atomic.ts';
 import { isNoSpace } from '../../util/errors.ts';
 import { isAlive } from '../../util/process.ts';
@@ -134,12 +135,14 @@ export class LayoutDirectory extends LayoutReader implements WriteTarget {
             done(null, chunk);
           },
         });
-        await pipeline(
-          await open(have),
-          count,
-          new VerifyingStream(desc, { hash, bytes: have }),
-          createWriteStream(partial, { flags: have > 0 ? 'a' : 'w', flush: true, highWaterMark: 1 << 20 }),
-        );
+        // Around the page cache (tar/slot.ts), resuming at `have`.
+        const file = await openFileSlot(partial, desc.size, `blob ${desc.digest}`, { flags: have > 0 ? 'r+' : 'w', from: have });
+        try {
+          await pipeline(await open(have), count, new VerifyingStream(desc, { hash, bytes: have }), file.sink);
+          await file.finish();
+        } finally {
+          await file.close();
+        }
         await rename(partial, this.#final(desc.digest));
         return { how: 'uploaded', bytesTransferred };
       } catch (err) {
