@@ -117,6 +117,7 @@ async function fetchArtifactsTask(o: BundleOptions, ctx: BundleContext, progress
   let done = 0;
   ctx.cached = await syncPrefix(o.gcs, o.customer!.bucket, o.recipe.recipe.customer.prefixes, o.cacheDir, {
     concurrency: o.concurrency,
+    listed: ctx.objects!, // the plan sized exactly these
     onObject: (c) => {
       if (c.fetched) ctx.objectBytesFetched += c.size;
       done += c.size;

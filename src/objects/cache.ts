@@ -251,12 +251,15 @@ export interface SyncOptions extends FetchOptions {
   concurrency?: number;
   /** Called as each object is cached or found cached. */
   onObject?(o: CachedObject): void;
+  /** What a listing of the prefixes just gave (the plan's): not listed again. */
+  listed?: readonly ObjectInfo[];
 }
 
 /** Every object under `prefixes` (overlaps counted once) into the cache; sorted by key. */
 export async function syncPrefix(source: ObjectSource, bucket: string, prefixes: string[], cacheDir: string, opts: SyncOptions = {}): Promise<CachedObject[]> {
   const found = new Map<string, ObjectInfo>();
-  for (const prefix of prefixes) for await (const o of source.list(bucket, prefix)) found.set(o.key, o);
+  if (opts.listed) for (const o of opts.listed) found.set(o.key, o);
+  else for (const prefix of prefixes) for await (const o of source.list(bucket, prefix)) found.set(o.key, o);
   const lanes = opts.concurrency ?? 8;
   const cached = await mapBySize([...found.values()], (info) => info.size, { small: SMALL_OBJECT, lanes, smallLanes: SMALL_LANES * lanes }, async (info) => {
     const o = await fetchObject(source, info, cacheDir, opts);

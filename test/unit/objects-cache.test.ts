@@ -233,6 +233,16 @@ describe('syncPrefix', () => {
     expect(src.reads).toBe(20);
   });
 
+  it('with `listed` fetches exactly what the caller listed, without listing again', async () => {
+    for (let i = 0; i < 5; i++) src.put(`p/${i}.bin`, randomBytes(100 + i));
+    const planned: ObjectInfo[] = [];
+    for await (const o of src.list(BUCKET, 'p/')) planned.push(o);
+    src.put('p/late.bin', Buffer.from('arrived after the plan'));
+    const got = await syncPrefix(src, BUCKET, ['p/'], dir, { listed: planned });
+    expect(got.map((o) => o.key)).toEqual(['p/0.bin', 'p/1.bin', 'p/2.bin', 'p/3.bin', 'p/4.bin']);
+    expect(src.reads).toBe(5);
+  });
+
   it('stops starting downloads after the first failure and reports it', async () => {
     for (let i = 0; i < 10; i++) src.put(`p/${i}`, randomBytes(2000));
     src.damage = (b) => Buffer.alloc(b.length);
