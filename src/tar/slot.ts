@@ -33,13 +33,17 @@ export class SlotWriter extends Writable {
    * Fills the slot from byte `from` of the entry (an earlier attempt wrote the ones before).
    * `onWritten` hears of each piece once it is in the file (file positions; pieces in order).
    */
-  constructor(file: BlockFile, slot: { offset: number; size: number; what: string }, from = 0, onWritten?: (start: number, end: number) => void) {
+  /** Whether the bytes after the slot's end, up to the next block, may be written as zeros (tar padding). */
+  readonly #pad: boolean;
+
+  constructor(file: BlockFile, slot: { offset: number; size: number; what: string; pad?: boolean }, from = 0, onWritten?: (start: number, end: number) => void) {
     // Our own buffers do the batching; the stream's queue only has to keep the pipe moving.
     super({ highWaterMark: 64 * 1024 });
     this.#file = file;
     this.#onWritten = onWritten;
     this.#offset = slot.offset;
     this.#size = slot.size;
+    this.#pad = slot.pad ?? true;
     this.#what = slot.what;
     this.#accepted = from;
     this.#written = from;
@@ -93,7 +97,7 @@ export class SlotWriter extends Writable {
     const length = this.#fill;
     const at = this.#offset + this.#written;
     // The padding after the entry's last byte is the tar's, zeros: the last block may be written whole.
-    const padTo = this.#offset + Math.ceil(this.#size / BLOCK) * BLOCK;
+    const padTo = this.#pad ? this.#offset + Math.ceil(this.#size / BLOCK) * BLOCK : undefined;
     this.#pending = this.#file.write(buf, length, at, padTo).then(() => {
       this.#written += length;
       this.#onWritten?.(at, at + length);
@@ -105,9 +109,10 @@ export class SlotWriter extends Writable {
 
 /**
  * A whole file as one slot (a cached blob or object being downloaded): written around the page
- * cache like the bundle (on the test VM buffered writes cost 4 CPU s per GiB, direct ones 0.25).
- * `finish` cuts the file to the bytes written (the last write may be a whole block) and fsyncs
- * it; `close` closes it either way.
+ * cache like the bundle (on the test VM buffered writes cost 4 CPU s per GiB, direct ones 0.25),
+ * except its last partial block, which goes through the page cache: padding it would leave the
+ * file longer than its bytes until cut back, and a kill in between would leave a partial that is
+ * not a prefix of the blob. `finish` fsyncs it; `close` closes it either way.
  */
 export async function openFileSlot(path: string, size: number, what: string, opts: { flags: 'w' | 'wx' | 'r+'; from?: number }): Promise<{ sink: SlotWriter; finish(): Promise<void>; close(): Promise<void> }> {
   const fh = await open(path, opts.flags);
@@ -118,13 +123,10 @@ export async function openFileSlot(path: string, size: number, what: string, opt
     await fh.close();
     throw err;
   }
-  const sink = new SlotWriter(file, { offset: 0, size, what }, opts.from ?? 0);
+  const sink = new SlotWriter(file, { offset: 0, size, what, pad: false }, opts.from ?? 0);
   return {
     sink,
-    finish: async () => {
-      await fh.truncate(sink.written);
-      await fh.sync();
-    },
+    finish: () => fh.sync(),
     close: async () => {
       await file.close();
       await fh.close().catch(() => {}); // the first error is the one to report

@@ -110,11 +110,14 @@ export class BlockFile {
   async write(buf: Buffer, length: number, position: number, padTo?: number): Promise<void> {
     const direct = this.#direct;
     if (direct && aligned.has(buf) && position % BLOCK === 0) {
-      const whole = length % BLOCK === 0 ? length : padTo !== undefined && position + roundUp(length) <= padTo ? roundUp(length) : -1;
-      if (whole > 0 && whole <= buf.length) {
-        buf.fill(0, length, whole);
+      const padded = padTo !== undefined && position + roundUp(length) <= padTo && roundUp(length) <= buf.length;
+      // Whole blocks go direct: all of it, padded when the caller allows, else all but the short tail.
+      const whole = length % BLOCK === 0 || padded ? roundUp(length) : length - (length % BLOCK);
+      if (whole > 0) {
+        buf.fill(0, length, Math.max(length, whole));
         try {
           await writeAll(direct, buf.subarray(0, whole), position);
+          if (whole < length) await writeAll(this.fh, buf.subarray(whole, length), position + whole);
           return;
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;

@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { open, readFile, type FileHandle } from 'node:fs/promises';
+import { open, readFile, stat, type FileHandle } from 'node:fs/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -158,7 +158,7 @@ describe('DirectReader: reads around the page cache into aligned memory, through
 });
 
 describe('openFileSlot: a whole file filled around the page cache', () => {
-  it('holds exactly the bytes once finished (the padded last block cut off), also when resumed part way', async () => {
+  it('holds exactly the bytes once finished (the short last block through the page cache, never padded), also when resumed part way', async () => {
     const bytes = randomBytes(2 * DIRECT_BUFFER + 777);
     const { path, fh } = await scratch(0);
     await fh.close();
@@ -169,6 +169,8 @@ describe('openFileSlot: a whole file filled around the page cache', () => {
     const rest = await openFileSlot(path, bytes.length, 'test blob', { flags: 'r+', from: DIRECT_BUFFER });
     try {
       await pipeline(Readable.from([bytes.subarray(DIRECT_BUFFER, DIRECT_BUFFER + 5000), bytes.subarray(DIRECT_BUFFER + 5000)]), rest.sink);
+      // Every write done, not yet finished: a kill here must leave a prefix of the blob, never more.
+      expect((await stat(path)).size).toBe(bytes.length);
       await rest.finish();
     } finally {
       await rest.close();
