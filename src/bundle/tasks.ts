@@ -258,14 +258,16 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
 /**
  * The cached fetch: [images, artifacts], side by side. A single-file bundle's writer starts as
  * soon as the artifacts (which bundle.json lists) are in and follows the images as they land
- * (ctx.writing); until then the images get one lane, so the artifacts go first.
+ * (ctx.writing); until then the images get one lane, so the artifacts go first. Volumes are
+ * written after the fetch.
  */
 function fetchCached(o: BundleOptions, ctx: BundleContext, imagesDir: string, progress: (bytes: number) => void): [Promise<void>, Promise<void>] {
-  const lanes = pLimit(1);
+  const follow = o.splitSize === undefined; // volumes are written after the fetch: nothing to go first for
+  const lanes = pLimit(follow ? 1 : o.concurrency);
   const arrivals = new Arrivals();
   const artifacts = o.customer ? fetchArtifactsTask(o, ctx, progress) : Promise.resolve();
   void artifacts.finally(() => (lanes.concurrency = o.concurrency)).catch(() => {});
-  if (o.splitSize === undefined) {
+  if (follow) {
     const writing: NonNullable<BundleContext['writing']> = { result: artifacts.then(() => writeOut(o, ctx, (done, total) => writing.progress?.(done, total), () => {}, arrivals)) };
     writing.result.catch(() => {}); // awaited by the write phase, or after a failed fetch
     ctx.writing = writing;
