@@ -25,7 +25,6 @@ export class Arrivals {
       w = { promise, resolve, reject };
       this.#waits.set(digest, w);
       if (this.#failure) reject(this.#failure.err); // asked for after the fetch stopped
-
     }
     return w;
   }
@@ -50,7 +49,7 @@ export class Arrivals {
  * one at a time until `artifacts` settles, then `concurrency`: the writer cannot start before the
  * artifacts are in, so they get the bandwidth first. Manifests are not stored here: the cache may
  * hold a manifest only with its whole subtree (copyGraph stores them after this), and the writer
- * takes them from memory. Returns the bytes downloaded.
+ * takes them from memory. Returns the bytes downloaded; the caller tells `arrivals` of a failure.
  */
 export async function prefetchBlobs(
   planned: PlannedImage[],
@@ -64,16 +63,11 @@ export async function prefetchBlobs(
   const digests = [...new Set(planned.flatMap((p) => p.graph.blobs.map((d) => d.digest)))].sort();
   const place = new Map(digests.map((d, i) => [d, i]));
   const blobs = fetchOrder(planned, (desc) => place.get(desc.digest) ?? 0).filter((i) => !i.manifest);
-  try {
-    await mapBounded(blobs, lanes, async ({ desc, repository, uses }) => {
-      const r = await cache.pushBlob(desc, (offset) => repository.openBlob(desc, offset));
-      fetched += r.bytesTransferred;
-      arrivals.landed(desc.digest, r.how === 'uploaded');
-      progress(desc.size * uses); // as each image that has it would count it
-    });
-  } catch (err) {
-    arrivals.fail(err);
-    throw err;
-  }
+  await mapBounded(blobs, lanes, async ({ desc, repository, uses }) => {
+    const r = await cache.pushBlob(desc, (offset) => repository.openBlob(desc, offset));
+    fetched += r.bytesTransferred;
+    arrivals.landed(desc.digest, r.how === 'uploaded');
+    progress(desc.size * uses); // as each image that has it would count it
+  });
   return fetched;
 }
