@@ -29,13 +29,13 @@ export class SlotWriter extends Writable {
 
   readonly #onWritten: ((start: number, end: number) => void) | undefined;
 
+  /** Whether the bytes after the slot's end, up to the next block, may be written as zeros (tar padding). */
+  readonly #pad: boolean;
+
   /**
    * Fills the slot from byte `from` of the entry (an earlier attempt wrote the ones before).
    * `onWritten` hears of each piece once it is in the file (file positions; pieces in order).
    */
-  /** Whether the bytes after the slot's end, up to the next block, may be written as zeros (tar padding). */
-  readonly #pad: boolean;
-
   constructor(file: BlockFile, slot: { offset: number; size: number; what: string; pad?: boolean }, from = 0, onWritten?: (start: number, end: number) => void) {
     // Our own buffers do the batching; the stream's queue only has to keep the pipe moving.
     super({ highWaterMark: 64 * 1024 });

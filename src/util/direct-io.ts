@@ -105,7 +105,8 @@ export class BlockFile {
   /**
    * Writes `length` bytes of `buf` at `position`. `padTo`, when given, is where the caller's area
    * ends: the bytes from `position + length` up to the next block boundary (at most `padTo`) may
-   * be written as zeros, so the last piece of a tar entry goes out as whole blocks.
+   * be written as zeros, so the last piece of a tar entry goes out as whole blocks. Without that
+   * room, the whole blocks go direct and only the short tail through the page cache.
    */
   async write(buf: Buffer, length: number, position: number, padTo?: number): Promise<void> {
     const direct = this.#direct;
