@@ -67,6 +67,20 @@ const roundUp = (n: number) => Math.ceil(n / BLOCK) * BLOCK;
 const wanted = () => process.env.CARTESIA_AIRGAP_BUFFERED_IO !== '1';
 
 /**
+ * A second, O_DIRECT handle on the file `fh` has open at `path`, where the file system has one and
+ * the switch is on; undefined otherwise, or when the name no longer leads to `fh`'s file.
+ */
+async function directTwin(fh: FileHandle, path: string, access: number): Promise<FileHandle | undefined> {
+  if (!wanted()) return undefined;
+  const direct = await open(path, access | constants.O_DIRECT | constants.O_NOFOLLOW).catch(() => undefined);
+  if (!direct) return undefined;
+  const [a, b] = await Promise.all([fh.stat(), direct.stat()]);
+  if (a.dev === b.dev && a.ino === b.ino) return direct;
+  await direct.close(); // replaced in between: `fh` alone
+  return undefined;
+}
+
+/**
  * An open file written at positions. `fh` is the ordinary handle (small writes, reads);
  * `write` goes around the page cache when the request allows it.
  */
@@ -87,15 +101,7 @@ export class BlockFile {
 
   /** `fh` (open for writing at `path`) plus a second, direct handle on the same file where the filesystem has one. */
   static async open(fh: FileHandle, path: string): Promise<BlockFile> {
-    if (!wanted()) return new BlockFile(fh, path);
-    const direct = await open(path, constants.O_RDWR | constants.O_DIRECT | constants.O_NOFOLLOW).catch(() => undefined);
-    if (!direct) return new BlockFile(fh, path);
-    const [a, b] = await Promise.all([fh.stat(), direct.stat()]);
-    if (a.dev !== b.dev || a.ino !== b.ino) {
-      await direct.close(); // the name no longer leads to our file: write only through `fh`
-      return new BlockFile(fh, path);
-    }
-    return new BlockFile(fh, path, direct);
+    return new BlockFile(fh, path, await directTwin(fh, path, constants.O_RDWR));
   }
 
   get direct(): boolean {
@@ -217,13 +223,7 @@ export class DirectReader {
 
   static async open(path: string): Promise<DirectReader> {
     const fh = await open(path, 'r');
-    if (!wanted()) return new DirectReader(fh, undefined);
-    const direct = await open(path, constants.O_RDONLY | constants.O_DIRECT | constants.O_NOFOLLOW).catch(() => undefined);
-    if (!direct) return new DirectReader(fh, undefined);
-    const [a, b] = await Promise.all([fh.stat(), direct.stat()]);
-    if (a.dev === b.dev && a.ino === b.ino) return new DirectReader(fh, direct);
-    await direct.close(); // replaced in between: `fh` alone
-    return new DirectReader(fh, undefined);
+    return new DirectReader(fh, await directTwin(fh, path, constants.O_RDONLY));
   }
 
   /**
