@@ -36,6 +36,8 @@ export interface PartsUpload {
   parallel: number;
   /** Attempts per part, the first included. */
   maxAttempts: number;
+  /** The caller already checked the source against `sha256`: no second, whole read to hash it. */
+  verified: boolean;
   open: OpenSource;
   /** An SDK error as the one-line error to report (its `retryable` decides another attempt). */
   fail: (err: unknown, doing: string) => ObjectError;
@@ -66,7 +68,7 @@ class PartMeter extends Transform {
 /**
  * A multipart upload whose parts read their own ranges of the source side by side: memory is a
  * stream buffer per part in flight, not the part. Beside them one sequential read checks the
- * whole object's size and sha256; the upload is completed only after that check and every part
+ * whole object's size and sha256 (unless the caller verified the source); the upload is completed only after that check and every part
  * succeeded, else aborted, so the key never shows wrong or partial bytes. Returns the server's
  * answer to the completion and the MD5 of each part (what the ETag is made of).
  */
@@ -110,7 +112,7 @@ export async function uploadParts(u: PartsUpload): Promise<{ stored: Stored; par
     }
   };
   try {
-    await Promise.all([checkWhole(u, stop.signal), mapBounded(parts, u.parallel, sendPart)].map((p) => p.catch((err: unknown) => (stop.abort(err), Promise.reject(err)))));
+    await Promise.all([u.verified ? Promise.resolve() : checkWhole(u, stop.signal), mapBounded(parts, u.parallel, sendPart)].map((p) => p.catch((err: unknown) => (stop.abort(err), Promise.reject(err)))));
   } catch (err) {
     await u.client.send(new AbortMultipartUploadCommand({ Bucket: u.bucket, Key: u.key, UploadId: id })).catch(() => undefined);
     throw stop.signal.reason ?? err;

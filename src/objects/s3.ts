@@ -59,6 +59,12 @@ export interface PutOptions {
    * skipped without a request.
    */
   etag?: string;
+  /**
+   * The caller checked the source's bytes against `sha256` moments before (install's verify pass):
+   * a multipart put then does not read the whole source a second time to hash it. Each part's MD5
+   * (the ETag check) still proves the server stored exactly the bytes read.
+   */
+  verified?: boolean;
 }
 
 const MiB = 1024 * 1024;
@@ -343,6 +349,7 @@ export class S3Sink {
           partSize,
           parallel: this.queueSize,
           maxAttempts: this.maxAttempts,
+          verified: opts.verified ?? false,
           open,
           fail: (err, doing) => this.fail(err, doing, key),
         });

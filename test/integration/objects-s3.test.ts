@@ -105,6 +105,20 @@ describe('S3Sink against moto', () => {
     expect(h.ETag).toBe(`"${res.etag}"`);
   });
 
+  it('reads a verified source once, part by part, and an unverified one a second time whole', async () => {
+    const size = 11 * MiB + 7;
+    const sha = await digest('verified', size);
+    for (const verified of [true, false]) {
+      const opened: string[] = [];
+      const counting = (range?: { start: number; length: number }) => (opened.push(range ? `${range.start}+${range.length}` : 'whole'), source('verified', size)(range));
+      const res = await sink.put(`verified/${verified}.bin`, size, sha, counting, { listed: null, verified });
+      expect(res.etag).toMatch(/^[0-9a-f]{32}-3$/);
+      expect(await storedSha256(`verified/${verified}.bin`)).toBe(sha);
+      const parts = [`0+${5 * MiB}`, `${5 * MiB}+${5 * MiB}`, `${10 * MiB}+${MiB + 7}`];
+      expect(opened.sort()).toEqual((verified ? parts : [...parts, 'whole']).sort());
+    }
+  });
+
   it('skips an identical object without reading the source or writing', async () => {
     const size = 4096;
     const sha = await digest('again', size);
