@@ -15,6 +15,7 @@ import { installTasks, type InstallContext } from '../install/tasks.ts';
 import { Transport } from '../oci/http/transport.ts';
 import { S3Sink } from '../objects/s3.ts';
 import { readStdinSecret } from '../util/stdin.ts';
+import { favourThroughputOverHeapSize } from '../util/heap.ts';
 
 export default class Install extends AirgapCommand {
   static override summary = 'Verify a bundle, push its images and artifacts into your registry and S3/MinIO, and render values.yaml.';
@@ -74,6 +75,7 @@ export default class Install extends AirgapCommand {
   async #install(file: string, flags: Interfaces.InferredFlags<typeof Install.flags>): Promise<unknown> {
     if (!flags['public-key'] && !flags['insecure-skip-verify']) this.error('no --public-key given; pass the signer\'s bundle.pub (or --insecure-skip-verify to skip the signature)', { exit: 2 });
     const startedAt = new Date();
+    favourThroughputOverHeapSize();
     const stall = this.stallTimeoutMs();
     const publicKey = flags['public-key'] ? await loadPublicKey(flags['public-key']) : undefined;
     const bundle = await openBundleSet(resolve(file));
