@@ -223,15 +223,17 @@ async function uploadAll(o: InstallOptions, ctx: InstallContext, show: (text: st
   await s3.ensureBucket();
   let finished = 0;
   // The plan found these absent or different: no need to ask again before sending. The verify
-  // pass hashed every one of them moments ago, so the sink does not hash them a second time.
+  // pass hashed every one of them moments ago, so the sink does not hash them a second time, and
+  // their signed MD5 lets the server check the bytes of a large one sent in one request.
   const send = async (a: BundleArtifact): Promise<PutResult> => {
-    const r = await s3.put(a.key, a.size, a.sha256, async (range) => o.bundle.open(a.path, range?.start, range?.length), { listed: null, verified: true });
+    const r = await s3.put(a.key, a.size, a.sha256, async (range) => o.bundle.open(a.path, range?.start, range?.length), { listed: null, verified: true, ...(a.md5 ? { md5: a.md5 } : {}) });
     show(`${++finished} of ${toUpload.length} artifacts, last ${a.key}`);
     return r;
   };
-  // Large objects go up one at a time (the sink sends one multipart upload's parts side by side);
-  // small ones, where round trips and not bytes set the pace, several at once beside them.
-  const lanes = await Promise.allSettled([mapBounded(toUpload.filter((a) => a.size > s3.partSize), 1, send), mapBounded(toUpload.filter((a) => a.size <= s3.partSize), o.concurrency, send)]);
+  // Large objects in their own lanes (the sink runs one multipart upload at a time, its parts side
+  // by side; those sent in one streamed request run side by side); small ones, where round trips
+  // and not bytes set the pace, several at once beside them.
+  const lanes = await Promise.allSettled([mapBounded(toUpload.filter((a) => a.size > s3.partSize), o.concurrency, send), mapBounded(toUpload.filter((a) => a.size <= s3.partSize), o.concurrency, send)]);
   const sent = lanes.flatMap((l) => {
     if (l.status === 'rejected') throw l.reason;
     return l.value;

@@ -6,7 +6,7 @@ import { CreateBucketCommand, DeleteObjectCommand, HeadBucketCommand, HeadObject
 import type { BucketLocationConstraint, HeadObjectCommandOutput, ListObjectsV2CommandOutput } from '@aws-sdk/client-s3';
 import { DEFAULT_STALL_TIMEOUT_MS } from '../util/stall.ts';
 import { ObjectError } from './cache.ts';
-import { readFailed, sourceMismatch, statusOf, uploadParts, type OpenSource, type Stored } from './s3-parts.ts';
+import { md5Bytes, readFailed, sourceMismatch, STREAMED_PUT_MAX, statusOf, uploadParts, uploadWhole, type OpenSource, type PartsUpload, type Stored } from './s3-parts.ts';
 
 export interface S3SinkOptions {
   /** An S3-compatible server (MinIO, Ceph…), e.g. http://127.0.0.1:9000; without one: AWS. */
@@ -65,6 +65,12 @@ export interface PutOptions {
    * (the ETag check) still proves the server stored exactly the bytes read.
    */
   verified?: boolean;
+  /**
+   * The object's MD5 (base64, as GCS and bundle.json give it), vouched for by the caller. An object
+   * larger than a part and up to STREAMED_PUT_MAX then goes up in one streamed PUT with it as
+   * Content-MD5: the server checks the bytes, we hash none (see uploadWhole).
+   */
+  md5?: string;
 }
 
 const MiB = 1024 * 1024;
@@ -107,6 +113,7 @@ export function s3Error(err: unknown, doing: string, url: string, endpoint: stri
   if (status === 301 || code === 'PermanentRedirect' || code === 'AuthorizationHeaderMalformed') {
     return new ObjectError('STORE', `${url} lives in another region (${http}); pass the bucket's region`);
   }
+  if (code === 'BadDigest' || code === 'InvalidDigest') return new ObjectError('MISMATCH', `${url}: the server found the bytes sent are not the ones whose MD5 was declared (${http}); nothing was written under the key; the source is damaged or changed while being read`);
   if (code === 'NoSuchBucket') return new ObjectError('NOT_FOUND', `${url}: no such bucket while ${doing}; create it first or check its name`);
   if (NET.test(code)) return new ObjectError('NETWORK', `cannot reach ${endpoint} for ${doing} on ${url} (${code}); check the network and the endpoint`, { retryable: true });
   if (TLS.test(code)) return new ObjectError('STORE', `TLS check of ${endpoint} failed (${code}); pass the CA file that signed its certificate`);
@@ -335,24 +342,30 @@ export class S3Sink {
     }
     // At most 10,000 parts: very large objects get larger parts.
     const partSize = Math.max(this.partSize, Math.ceil(size / MAX_PARTS / MiB) * MiB);
+    const upload: PartsUpload = {
+      client: this.client,
+      partClient: this.partClient,
+      bucket: this.bucket,
+      key,
+      url,
+      size,
+      sha256,
+      partSize,
+      parallel: this.queueSize,
+      maxAttempts: this.maxAttempts,
+      verified: opts.verified ?? false,
+      open,
+      fail: (err, doing) => this.fail(err, doing, key),
+    };
+    const md5 = md5Bytes(opts.md5);
+    if (md5 && size > partSize && size <= STREAMED_PUT_MAX) {
+      const stored = await uploadWhole(upload, md5);
+      return { key, how: 'uploaded', size, sha256, etag: await this.check(key, url, md5.toString('hex'), stored) };
+    }
     if (size > partSize) {
       const release = await this.multipart.take(1);
       try {
-        const { stored, partMd5s } = await uploadParts({
-          client: this.client,
-          partClient: this.partClient,
-          bucket: this.bucket,
-          key,
-          url,
-          size,
-          sha256,
-          partSize,
-          parallel: this.queueSize,
-          maxAttempts: this.maxAttempts,
-          verified: opts.verified ?? false,
-          open,
-          fail: (err, doing) => this.fail(err, doing, key),
-        });
+        const { stored, partMd5s } = await uploadParts(upload);
         const etag = `${createHash('md5').update(Buffer.concat(partMd5s)).digest('hex')}-${partMd5s.length}`;
         return { key, how: 'uploaded', size, sha256, etag: await this.check(key, url, etag, stored) };
       } finally {

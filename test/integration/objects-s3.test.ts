@@ -119,6 +119,29 @@ describe('S3Sink against moto', () => {
     }
   });
 
+  it('sends a large object whose MD5 it is given in one streamed PUT, hashing nothing; the server refuses bytes without that MD5', async () => {
+    const size = 12 * MiB + 3;
+    const sha = await digest('md5-known', size);
+    const md5 = createHash('md5');
+    for await (const c of seededBytes('md5-known', size)) md5.update(c as Buffer);
+    const md5Hex = md5.digest('hex');
+    const opened: string[] = [];
+    const counting = (range?: { start: number; length: number }) => (opened.push(range ? `${range.start}+${range.length}` : 'whole'), source('md5-known', size)(range));
+    const res = await sink.put('md5/known.bin', size, sha, counting, { listed: null, verified: true, md5: Buffer.from(md5Hex, 'hex').toString('base64') });
+    expect(res).toMatchObject({ how: 'uploaded', etag: md5Hex }); // a single-request ETag: the MD5, no "-N"
+    expect(opened).toEqual(['whole']);
+    expect(await storedSha256('md5/known.bin')).toBe(sha);
+    expect((await headOrUndefined('md5/known.bin'))?.Metadata?.['sha256']).toBe(sha);
+
+    // The MD5 of other bytes: the server checks Content-MD5 and stores nothing.
+    const wrong = createHash('md5').update('other bytes').digest('base64');
+    const err = await rejection(sink.put('md5/wrong.bin', size, sha, source('md5-known', size), { listed: null, verified: true, md5: wrong }));
+    expect(isObjectError(err, 'MISMATCH')).toBe(true);
+    expect(err.message).toContain('s3://');
+    expect(err.message).not.toContain('\n');
+    expect(await headOrUndefined('md5/wrong.bin')).toBeUndefined();
+  });
+
   it('skips an identical object without reading the source or writing', async () => {
     const size = 4096;
     const sha = await digest('again', size);
@@ -241,6 +264,27 @@ describe('S3Sink multipart through a faulty connection', () => {
     expect(proxy.seen.filter((x) => x.method === 'POST' && /faulty\.bin\?uploadId=/.test(x.path))).toHaveLength(1); // completed once
     expect(await storedSha256('faulty.bin')).toBe(sha);
     expect((await headOrUndefined('faulty.bin'))?.ETag).toBe(`"${(await sink.head('faulty.bin'))!.etag}"`);
+  });
+
+  it('sends a cut streamed PUT again from the start, and stores the object once', async () => {
+    const size = 9 * MiB + 11;
+    const sha = await digest('faulty-whole', size);
+    const md5 = createHash('md5');
+    for await (const c of seededBytes('faulty-whole', size)) md5.update(c as Buffer);
+    const md5Hex = md5.digest('hex');
+    proxy.setRules([{ name: 'put cut', fault: { kind: 'cut-upload', at: { min: 1_000_000, max: 2_000_000 } }, method: 'PUT', path: /\/faulty-whole\.bin/, limit: 1 }]);
+    const opened: string[] = [];
+    const open = source('faulty-whole', size);
+    const sinkViaProxy = new S3Sink({ ...base, endpoint: proxy.origin });
+    try {
+      const res = await sinkViaProxy.put('faulty-whole.bin', size, sha, (range) => (opened.push(range ? 'range' : 'whole'), open(range)), { listed: null, verified: true, md5: Buffer.from(md5Hex, 'hex').toString('base64') });
+      expect(res).toMatchObject({ how: 'uploaded', etag: md5Hex });
+    } finally {
+      sinkViaProxy.close();
+    }
+    expect(proxy.counts()).toEqual({ 'put cut': 1 });
+    expect(opened).toEqual(['whole', 'whole']);
+    expect(await storedSha256('faulty-whole.bin')).toBe(sha);
   });
 });
 
