@@ -31,9 +31,9 @@ const s3 = new S3Client({
   responseChecksumValidation: 'WHEN_REQUIRED',
 });
 
-/** sha256 and size of `seededBytes(seed, size)`, computed in memory (the declared values). */
-async function digest(seed: string, size: number): Promise<string> {
-  const h = createHash('sha256');
+/** The sha256 (or another hash) of `seededBytes(seed, size)`, computed in memory (the declared values). */
+async function digest(seed: string, size: number, algorithm = 'sha256'): Promise<string> {
+  const h = createHash(algorithm);
   for await (const c of seededBytes(seed, size)) h.update(c as Buffer);
   return h.digest('hex');
 }
@@ -122,9 +122,7 @@ describe('S3Sink against moto', () => {
   it('sends a large object whose MD5 it is given in one streamed PUT, hashing nothing; the server refuses bytes without that MD5', async () => {
     const size = 12 * MiB + 3;
     const sha = await digest('md5-known', size);
-    const md5 = createHash('md5');
-    for await (const c of seededBytes('md5-known', size)) md5.update(c as Buffer);
-    const md5Hex = md5.digest('hex');
+    const md5Hex = await digest('md5-known', size, 'md5');
     const opened: string[] = [];
     const counting = (range?: { start: number; length: number }) => (opened.push(range ? `${range.start}+${range.length}` : 'whole'), source('md5-known', size)(range));
     const res = await sink.put('md5/known.bin', size, sha, counting, { listed: null, verified: true, md5: Buffer.from(md5Hex, 'hex').toString('base64') });
@@ -269,9 +267,7 @@ describe('S3Sink multipart through a faulty connection', () => {
   it('sends a cut streamed PUT again from the start, and stores the object once', async () => {
     const size = 9 * MiB + 11;
     const sha = await digest('faulty-whole', size);
-    const md5 = createHash('md5');
-    for await (const c of seededBytes('faulty-whole', size)) md5.update(c as Buffer);
-    const md5Hex = md5.digest('hex');
+    const md5Hex = await digest('faulty-whole', size, 'md5');
     proxy.setRules([{ name: 'put cut', fault: { kind: 'cut-upload', at: { min: 1_000_000, max: 2_000_000 } }, method: 'PUT', path: /\/faulty-whole\.bin/, limit: 1 }]);
     const opened: string[] = [];
     const open = source('faulty-whole', size);
