@@ -43,7 +43,7 @@ export interface PartsUpload {
   partSize: number;
   /** Parts in flight at once. */
   parallel: number;
-  /** Attempts per part, the first included. */
+  /** Attempts per request with a body (a part, or a streamed PUT), the first included. */
   maxAttempts: number;
   /** The caller already checked the source against `sha256`: no second, whole read to hash it. */
   verified: boolean;
@@ -79,8 +79,9 @@ class PartMeter extends Transform {
  * A multipart upload whose parts read their own ranges of the source side by side: memory is a
  * stream buffer per part in flight, not the part. Beside them one sequential read checks the
  * whole object's size and sha256 (unless the caller verified the source); the upload is completed
- * only after that check and every part succeeded, else aborted, so the key never shows wrong or partial bytes. Returns the server's
- * answer to the completion and the MD5 of each part (what the ETag is made of).
+ * only after that check and every part succeeded, else aborted, so the key never shows wrong or
+ * partial bytes. Returns the server's answer to the completion and the MD5 of each part (what the
+ * ETag is made of).
  */
 export async function uploadParts(u: PartsUpload): Promise<{ stored: Stored; partMd5s: Buffer[] }> {
   let uploadId: string | undefined;
