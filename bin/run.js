@@ -7,6 +7,12 @@
 // buffers are malloc'd on several threads, and each arena kept its own high-water mark (measured:
 // bundle --direct of 1 GiB, 250 → 216 MiB, same time). The executable cannot set its own
 // environment before it starts; it runs without this.
-import { main } from '../dist/main.js';
+import { enableCompileCache } from 'node:module';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
 
-await main(import.meta.url);
+// The CLI is one bundled file (npm run build); V8 keeps its compiled code in the user's cache, so
+// a re-run does not compile it again (a no-op run: 0.57 → 0.48 s). NODE_DISABLE_COMPILE_CACHE=1
+// turns it off; a cache that cannot be made is skipped without a word.
+enableCompileCache?.(join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'cartesia-airgap', 'node-compile-cache'));
+await import('../dist/cli/cartesia-airgap.cjs');

@@ -1,8 +1,8 @@
 // npm run build:exe — the installer that crosses the gap: build/cartesia-airgap, one linux-x64
 // executable that runs where there is no Node.js and no node_modules.
 //
-// The built CLI (dist/, every command oclif.manifest.json lists plus those of the oclif plugins)
-// is bundled into one CommonJS file with rolldown, made into a Node single-executable blob with the
+// The CLI as `npm run build` bundled it into one CommonJS file (dist/cli/cartesia-airgap.cjs, see
+// scripts/bundle-cli.ts, the file bin/run.js starts) is made into a Node single-executable blob with the
 // shipped data files (package.json, bundles/, templates/) as assets, and put into a copy of the
 // pinned runtime (node_modules/node, the `node` devDependency) as an ELF note, with a second note
 // saying what the executable is. The runtime starts with the V8 flags bin/run.js's shebang gives the
@@ -11,7 +11,6 @@ import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { copyFile, mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
-import { rolldown } from 'rolldown';
 import { READABLE_FORMAT_VERSION } from '../src/bundle/manifest.ts';
 import { BUILD_INFO_NOTE, SEA_BLOB_NOTE, type BuildInfo } from '../src/exe/build-info.ts';
 import { appendNoteSegment } from '../src/exe/elf.ts';
@@ -31,53 +30,6 @@ const fail = (message: string): never => {
   console.error(`Error: ${message}`);
   process.exit(1);
 };
-
-interface Manifest {
-  commands: Record<string, { relativePath?: string[] }>;
-}
-
-interface Commands {
-  manifest: Manifest['commands'];
-  /** id → the module file. */
-  files: Record<string, string>;
-}
-
-/** Every command: the package's own and each oclif plugin's, from their oclif.manifest.json. */
-async function commands(pkg: { oclif?: { plugins?: string[] } }): Promise<Commands> {
-  const roots = [ROOT, ...(pkg.oclif?.plugins ?? []).map((p) => join(ROOT, 'node_modules', p))];
-  const out: Commands = { manifest: {}, files: {} };
-  for (const root of roots) {
-    const manifest = JSON.parse(await readFile(join(root, 'oclif.manifest.json'), 'utf8').catch(() => fail(`${relative(ROOT, root) || '.'} has no oclif.manifest.json; run \`npm run build\` first`))) as Manifest;
-    for (const [id, c] of Object.entries(manifest.commands)) {
-      if (!c.relativePath) fail(`oclif.manifest.json in ${root} gives no path for ${id}; regenerate it with \`npm run build\``);
-      if (out.files[id]) fail(`two plugins define the command ${id}`);
-      const file = join(root, ...c.relativePath!);
-      await stat(file).catch(() => fail(`${relative(ROOT, file)} (command ${id}) is missing; run \`npm run build\``));
-      out.manifest[id] = c;
-      out.files[id] = file;
-    }
-  }
-  return out;
-}
-
-/**
- * The generated entry (CommonJS, so each command's module is required, and evaluated, only when
- * that command runs): the manifest and a loader per command, handed to src/exe/embedded.ts.
- */
-function entrySource(c: Commands): string {
-  const ids = Object.keys(c.files).sort();
-  return [
-    `'use strict';`,
-    `const { runEmbedded } = require(${JSON.stringify(join(ROOT, 'dist', 'exe', 'embedded.js'))});`,
-    `runEmbedded({`,
-    `  manifest: ${JSON.stringify(c.manifest)},`,
-    `  modules: {`,
-    ...ids.map((id) => `    ${JSON.stringify(id)}: () => require(${JSON.stringify(c.files[id])}),`),
-    `  },`,
-    `});`,
-    '',
-  ].join('\n');
-}
 
 async function listFiles(dir: string): Promise<string[]> {
   const out: string[] = [];
@@ -114,30 +66,13 @@ async function shebangFlags(): Promise<string[]> {
 
 async function main(): Promise<void> {
   if (process.platform !== 'linux' || process.arch !== 'x64') fail(`build:exe makes a linux-x64 executable from the linux-x64 runtime in node_modules/node; this is ${process.platform}-${process.arch}`);
-  const pkg = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8')) as { name: string; version: string; oclif?: { plugins?: string[] } };
+  const pkg = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8')) as { name: string; version: string };
   const runtimeVersion = execFileSync(RUNTIME, ['--version'], { encoding: 'utf8' }).trim();
   await mkdir(OUT_DIR, { recursive: true });
 
-  const found = await commands(pkg);
-  const entry = join(OUT_DIR, 'exe-entry.cjs');
-  await writeFile(entry, entrySource(found));
-  step(`${Object.keys(found.files).length} commands: ${Object.keys(found.files).sort().join(', ')}`);
-
-  const script = join(OUT_DIR, 'cartesia-airgap.cjs');
-  const warnings: string[] = [];
-  const bundle = await rolldown({
-    input: entry,
-    platform: 'node',
-    // oclif's ts-node support asks for typescript inside a try; the executable runs compiled code.
-    external: ['typescript'],
-    onLog: (level, log) => {
-      if (level === 'warn') warnings.push(log.message);
-    },
-  });
-  await bundle.write({ file: script, format: 'cjs', codeSplitting: false, minify: true, keepNames: true });
-  await bundle.close();
-  for (const w of warnings) console.warn(`  rolldown: ${w.split('\n')[0]}`);
-  step(`bundled into ${relative(ROOT, script)} (${((await stat(script)).size / 2 ** 20).toFixed(1)} MiB)`);
+  const script = join(ROOT, 'dist', 'cli', 'cartesia-airgap.cjs');
+  await stat(script).catch(() => fail(`${relative(ROOT, script)} is missing; run \`npm run build\` first`));
+  step(`the CLI bundled by npm run build: ${relative(ROOT, script)} (${((await stat(script)).size / 2 ** 20).toFixed(1)} MiB)`);
 
   const assets: Record<string, string> = { 'package.json': join(ROOT, 'package.json') };
   for (const dir of SHIPPED_DIRS) for (const f of await listFiles(join(ROOT, dir))) assets[relative(ROOT, f)] = f;

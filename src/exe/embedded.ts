@@ -1,14 +1,16 @@
 /**
- * oclif inside the single executable. The npm package lets oclif import each command by its path
- * (oclif.manifest.json); the executable has no files beside it, so the build generates an entry
- * that hands over the manifest and, per command, a function that loads its module from the
- * bundle. They form the one oclif plugin of this CLI (oclif's public Plugin interface): the same
- * commands, flags, help and errors as the package, and only the command that runs is loaded.
+ * oclif inside the one-file CLI (dist/cli/cartesia-airgap.cjs, which bin/run.js starts and the
+ * single executable carries). oclif would import each command by its path (oclif.manifest.json);
+ * the bundle has no such files, so the build generates an entry that hands over the manifest and,
+ * per command, a function that loads its module from the bundle. They form the one oclif plugin of
+ * this CLI (oclif's public Plugin interface): the same commands, flags, help and errors, and only
+ * the command that runs is loaded.
  */
 import { dirname } from 'node:path';
 import { handle, type Command, type Interfaces } from '@oclif/core';
 import { main } from '../main.ts';
-import { packageJson } from '../util/package-files.ts';
+import { isSea } from 'node:sea';
+import { packageJson, packageRoot } from '../util/package-files.ts';
 
 export interface EmbeddedCommands {
   /** The commands of oclif.manifest.json (the package's and its plugins'), by id. */
@@ -67,7 +69,7 @@ export async function runEmbedded(commands: EmbeddedCommands): Promise<void> {
   try {
     const pkg = packageJson();
     const pjson = { ...pkg, oclif: { ...(pkg.oclif as Record<string, unknown>), plugins: [] } } as unknown as Interfaces.PJSON;
-    const root = dirname(process.execPath);
+    const root = isSea() ? dirname(process.execPath) : packageRoot();
     await main({ root, pjson, plugins: new Map([[pjson.name, embeddedPlugin(root, pjson, commands)]]) });
   } catch (error) {
     await handle(error instanceof Error ? error : new Error(String(error)));
