@@ -3,19 +3,24 @@
  * computed in file order while it fills: each range is read back and hashed as soon as everything
  * before it has landed, so the whole-file hash mostly overlaps the fetch instead of following it.
  * Ranges are announced whole and must tile the file; a range must not change once announced.
+ * The reading and hashing run on a worker thread (FileRangeHasher); this side only hands it each
+ * range as soon as everything before it has landed.
  */
-import { createHash } from 'node:crypto';
 import type { BlockFile } from '../util/direct-io.ts';
+import { FileRangeHasher } from './hash-thread.ts';
 
 const PIECE = 64 << 20;
 
 export class HashCursor {
   readonly #file: BlockFile;
   readonly #size: number;
-  readonly #hash = createHash('sha256');
+  readonly #hasher: FileRangeHasher;
   /** Landed ranges not hashed yet: start → end. */
   readonly #landed = new Map<number, number>();
+  /** Bytes hashed, from the start of the file. */
   #at = 0;
+  /** Bytes handed to the hasher. */
+  #posted = 0;
   #wake: (() => void) | undefined;
   #stopped = false;
   readonly #done: Promise<string>;
@@ -23,13 +28,14 @@ export class HashCursor {
   constructor(file: BlockFile, size: number) {
     this.#file = file;
     this.#size = size;
+    this.#hasher = new FileRangeHasher(file.path, file.direct);
     this.#done = this.#run();
     this.#done.catch(() => {}); // seen by whoever asks for the digest; a stopped cursor is nobody's error
   }
 
   /** Bytes `start…end` are final in the file. */
   landed(start: number, end: number): void {
-    if (end > start && start >= this.#at) this.#landed.set(start, end);
+    if (end > start && start >= this.#posted) this.#landed.set(start, end);
     this.#wake?.();
   }
 
@@ -47,30 +53,46 @@ export class HashCursor {
   async stop(): Promise<void> {
     this.#stopped = true;
     this.#wake?.();
+    await this.#hasher.close(); // what it was reading or about to read is dropped
     await this.#done.catch(() => {});
   }
 
   async #run(): Promise<string> {
-    while (this.#at < this.#size) {
-      let end = this.#at;
+    try {
+      return await this.#hashAll();
+    } finally {
+      await this.#hasher.close();
+    }
+  }
+
+  async #hashAll(): Promise<string> {
+    // Ranges are handed over without waiting for the ones before (the thread takes them in order):
+    // this side's turns come late while the fetch keeps the main thread busy.
+    const hashed: Promise<void>[] = [];
+    while (this.#posted < this.#size) {
+      let end = this.#posted;
       for (let next = this.#landed.get(end); next !== undefined; next = this.#landed.get(end)) {
         this.#landed.delete(end);
         end = next;
       }
-      if (end === this.#at) {
+      if (end === this.#posted) {
         await new Promise<void>((resolve) => (this.#wake = resolve));
         this.#wake = undefined;
         if (this.#stopped) throw new Error(`hashing ${this.#file.path} stopped at byte ${this.#at}`);
         continue;
       }
-      // In pieces, so a stop is seen within one piece.
-      while (this.#at < end) {
-        const n = Math.min(PIECE, end - this.#at);
-        await this.#file.hashRange(this.#hash, this.#at, n);
-        this.#at += n;
-        if (this.#stopped) throw new Error(`hashing ${this.#file.path} stopped at byte ${this.#at}`);
+      // In pieces, so `hashed` moves on while a long range is read.
+      for (; this.#posted < end; ) {
+        const to = Math.min(this.#posted + PIECE, end);
+        const p = this.#hasher.update(this.#posted, to).then(() => void (this.#at = to));
+        p.catch(() => {}); // seen below, or by the digest
+        hashed.push(p);
+        this.#posted = to;
       }
+      // Done ones are dropped so a long run does not keep one promise per piece.
+      if (hashed.length > 64) await hashed.splice(0, hashed.length - 16).at(-1);
     }
-    return this.#hash.digest('hex');
+    await Promise.all(hashed);
+    return this.#hasher.digest();
   }
 }

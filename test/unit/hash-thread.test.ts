@@ -1,0 +1,42 @@
+// The hashing thread keeps the process alive while an answer is awaited, and only then: run in a
+// child process, so "the process exits" and "the process waits for the answer" can be observed.
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+
+const MODULE = join(import.meta.dirname, '..', '..', 'src', 'tar', 'hash-thread.ts');
+
+function child(body: string): Promise<{ code: number | null; stdout: string; ms: number }> {
+  const started = Date.now();
+  const code = `import { HashThread } from ${JSON.stringify(MODULE)};\n${body}`;
+  const p = spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: ['ignore', 'pipe', 'inherit'], timeout: 20_000, killSignal: 'SIGKILL' });
+  let stdout = '';
+  p.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+  return new Promise((resolve, reject) => p.on('error', reject).on('close', (c) => resolve({ code: c, stdout, ms: Date.now() - started })));
+}
+
+describe('HashThread', () => {
+  it('answers an update and the digest even when nothing else keeps the process alive', async () => {
+    const r = await child(`
+const shared = new SharedArrayBuffer(65536);
+new Uint8Array(shared).fill(7, 0, 1000);
+const t = new HashThread([shared]);
+await t.update(0, 1000);
+console.log(await t.digest());
+`);
+    expect(r.code).toBe(0);
+    expect(r.stdout.trim()).toBe(createHash('sha256').update(Buffer.alloc(1000, 7)).digest('hex'));
+  });
+
+  it('does not hold the process open when it is never closed', async () => {
+    const r = await child(`
+const t = new HashThread([new SharedArrayBuffer(65536)]);
+await t.update(0, 10);
+console.log('left open');
+`);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe('left open\n');
+    expect(r.ms).toBeLessThan(15_000); // killed at 20 s if the thread held it
+  });
+});
