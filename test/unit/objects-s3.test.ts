@@ -4,7 +4,8 @@ import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { isObjectError, ObjectError } from '../../src/objects/cache.ts';
-import { s3Error, S3Sink, type S3SinkOptions } from '../../src/objects/s3.ts';
+import { s3Error } from '../../src/objects/s3-errors.ts';
+import { S3Sink, type S3SinkOptions } from '../../src/objects/s3.ts';
 import { rejection } from './helpers.ts';
 
 /** A stand-in S3 on loopback: each test says how to answer; every request is recorded. */
