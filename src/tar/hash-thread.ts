@@ -74,8 +74,11 @@ parentPort.on('message', (m) => {
 });
 `;
 
-/** A worker answering each message in order; rejects what is pending once it fails or stops. */
-class OrderedWorker {
+/**
+ * A hashing worker answering each message in order (the last one, null, with the digest); rejects
+ * what is pending once it fails or stops.
+ */
+class HashWorker {
   readonly #worker: Worker;
   readonly #waiting: { resolve(value: unknown): void; reject(err: Error): void }[] = [];
   #failure: Error | undefined;
@@ -94,13 +97,18 @@ class OrderedWorker {
     this.#worker.on('exit', (code) => this.#fail(new Error(`the hashing thread exited (code ${code})`)));
   }
 
-  ask(message: unknown): Promise<unknown> {
+  protected ask(message: unknown): Promise<unknown> {
     if (this.#failure) return Promise.reject(this.#failure);
     return new Promise((resolve, reject) => {
       if (this.#waiting.length === 0) this.#worker.ref();
       this.#waiting.push({ resolve, reject });
       this.#worker.postMessage(message);
     });
+  }
+
+  /** The sha256 of everything handed over, once all of it is hashed. */
+  async digest(): Promise<string> {
+    return (await this.ask(null)) as string;
   }
 
   /** Stops the thread; call it on every path. */
@@ -117,46 +125,25 @@ class OrderedWorker {
   }
 }
 
-export class HashThread {
-  readonly #worker: OrderedWorker;
-
+export class HashThread extends HashWorker {
   constructor(buffers: readonly SharedArrayBuffer[]) {
-    this.#worker = new OrderedWorker(SLICES, buffers);
+    super(SLICES, buffers);
   }
 
   /** Hashes the first `length` bytes of buffer `index`; resolves once that buffer may change again. */
   async update(index: number, length: number): Promise<void> {
-    await this.#worker.ask([index, length]);
-  }
-
-  async digest(): Promise<string> {
-    return (await this.#worker.ask(null)) as string;
-  }
-
-  close(): Promise<void> {
-    return this.#worker.close();
+    await this.ask([index, length]);
   }
 }
 
-export class FileRangeHasher {
-  readonly #worker: OrderedWorker;
-
+export class FileRangeHasher extends HashWorker {
   /** `direct`: the file is written around the page cache, so it is read back that way too. */
   constructor(path: string, direct: boolean) {
-    this.#worker = new OrderedWorker(RANGES, { path, direct });
+    super(RANGES, { path, direct });
   }
 
   /** Hashes bytes `start…end` after every range asked for before; resolves once they are hashed. */
   async update(start: number, end: number): Promise<void> {
-    await this.#worker.ask([start, end]);
-  }
-
-  /** The sha256 of every range asked for, once all are hashed. */
-  async digest(): Promise<string> {
-    return (await this.#worker.ask(null)) as string;
-  }
-
-  close(): Promise<void> {
-    return this.#worker.close();
+    await this.ask([start, end]);
   }
 }
