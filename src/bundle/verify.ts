@@ -9,6 +9,7 @@
  */
 import { createHash, type Hash, type KeyObject } from 'node:crypto';
 import { open } from 'node:fs/promises';
+import { DirectReader } from '../util/direct-io.ts';
 import { parseManifest as parseOciManifest } from '../oci/graph.ts';
 import { REF_NAME, parseIndexJson } from '../oci/layout/index-json.ts';
 import { LayoutReader } from '../oci/layout/reader.ts';
@@ -19,7 +20,7 @@ import { keyFingerprint } from './keys.ts';
 import { SIGNATURE_PATH, type AnyManifest } from './manifest.ts';
 import { BundleError, type BundleTar, type OpenedBundle } from './reader.ts';
 import { verifyManifest } from './sign.ts';
-import { RangeReader } from '../util/read-range.ts';
+import { fileReader, RangeReader, type PositionalReader } from '../util/read-range.ts';
 
 export interface VerifyOptions {
   /** Absent: the caller chose to skip the signature (--insecure-skip-signature). */
@@ -31,6 +32,13 @@ export interface VerifyOptions {
    * install, which reads only what it will send: their hashes are still signed in bundle.json.
    */
   only?(path: string): boolean;
+  /**
+   * Read around the page cache (O_DIRECT) where the file system allows: `verify` of a bundle just
+   * copied in does not fill the cache with it, which on the test VM cost more system CPU than the
+   * hashing (4 GiB uncached: 7.7 s buffered, of it 5.9 s in the kernel). install reads through the
+   * cache: it sends the same bytes right after, and a second thread hashes the file beside it.
+   */
+  aroundPageCache?: boolean;
 }
 
 export interface VerifyResult {
@@ -61,11 +69,14 @@ export async function verifyBundle(b: OpenedBundle, opts: VerifyOptions = {}): P
   for (const t of b.tars) {
     const where = t.label ? `${t.label}: ` : '';
     // One open file and two reused buffers for all of this tar's entries.
-    const fh = await open(t.file, 'r').catch((err: unknown) => {
+    const file: PositionalReader & { close(): Promise<void> } = await (opts.aroundPageCache
+      ? DirectReader.open(t.file)
+      : open(t.file, 'r').then((fh) => ({ ...fileReader(fh), close: () => fh.close() }))
+    ).catch((err: unknown) => {
       throw new BundleError('IO', `cannot open ${t.file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
     });
+    const reader = new RangeReader(file);
     try {
-      const reader = new RangeReader(fh);
       for (const e of t.listing) {
         if (opts.only && !opts.only(e.piece?.of ?? e.path)) {
           skipped++;
@@ -82,7 +93,8 @@ export async function verifyBundle(b: OpenedBundle, opts: VerifyOptions = {}): P
         entries++;
       }
     } finally {
-      await fh.close();
+      await file.close();
+      reader.release();
     }
   }
   if (b.complete) {

@@ -63,7 +63,7 @@ export default class Verify extends AirgapCommand {
       const path = resolve(args.bundle);
       // A directory is a set of volumes; a file is a bundle, or one volume checked on its own.
       bundle = (await stat(path).then((s) => s.isDirectory(), () => false)) ? await openBundleSet(path) : await openBundle(path);
-      result = await verifyBundle(bundle, { ...(publicKey ? { publicKey } : {}), ...(flags.json ? {} : { onEntry: progress() }) });
+      result = await verifyBundle(bundle, { aroundPageCache: true, ...(publicKey ? { publicKey } : {}), ...(flags.json ? {} : { onEntry: progress() }) });
       files = bundle.tars.map((t) => basename(t.file));
     } catch (err) {
       const message = (err as Error).message;

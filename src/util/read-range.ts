@@ -2,23 +2,33 @@
  * Reads `length` bytes of an open file from `start`, handing each chunk to `use` before the buffer
  * is reused. Two buffers alternate so the next read (on libuv's thread pool) runs while `use`
  * (a hash update, on the main thread) works on the current one: no stream, no allocation per
- * chunk, one open file for many ranges. `use` must not keep the chunk.
+ * chunk, one open file for many ranges. `use` must not keep the chunk. The buffers are
+ * page-aligned, so a DirectReader can read around the page cache into them.
  */
 import type { FileHandle } from 'node:fs/promises';
+import { releaseBuffer, takeBuffer, DIRECT_BUFFER } from './direct-io.ts';
 
-export const RANGE_CHUNK = 1 << 20;
+export const RANGE_CHUNK = DIRECT_BUFFER;
+
+/** Reads up to `want` bytes at `position` into `into` (which may be written up to a block past `want`); the count read. */
+export interface PositionalReader {
+  read(into: Buffer, want: number, position: number): Promise<number>;
+}
+
+/** A plain open file as a PositionalReader (through the page cache). */
+export const fileReader = (fh: FileHandle): PositionalReader => ({ read: async (into, want, position) => (await fh.read(into, 0, want, position)).bytesRead });
 
 export class RangeReader {
-  readonly #fh: FileHandle;
-  readonly #buffers = [Buffer.allocUnsafeSlow(RANGE_CHUNK), Buffer.allocUnsafeSlow(RANGE_CHUNK)];
+  readonly #file: PositionalReader;
+  readonly #buffers = [takeBuffer(), takeBuffer()];
 
-  constructor(fh: FileHandle) {
-    this.#fh = fh;
+  constructor(file: PositionalReader) {
+    this.#file = file;
   }
 
   /** Resolves with the bytes read, fewer than `length` only when the file ends first. */
   async read(start: number, length: number, use: (chunk: Buffer) => void): Promise<number> {
-    const fill = (k: number, at: number): Promise<number> => this.#fh.read(this.#buffers[k]!, 0, Math.min(RANGE_CHUNK, length - at), start + at).then((r) => r.bytesRead);
+    const fill = (k: number, at: number): Promise<number> => this.#file.read(this.#buffers[k]!, Math.min(RANGE_CHUNK, length - at), start + at);
     let done = 0;
     let k = 0;
     let pending: Promise<number> | undefined = length > 0 ? fill(k, 0) : undefined;
@@ -37,5 +47,10 @@ export class RangeReader {
       }
     }
     return done;
+  }
+
+  /** Gives the buffers back; no read may be running. */
+  release(): void {
+    this.#buffers.forEach(releaseBuffer);
   }
 }
