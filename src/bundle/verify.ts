@@ -8,7 +8,6 @@
  * one. A volume opened alone is checked just as far as it goes.
  */
 import { createHash, type Hash, type KeyObject } from 'node:crypto';
-import { open } from 'node:fs/promises';
 import { DirectReader } from '../util/direct-io.ts';
 import { parseManifest as parseOciManifest } from '../oci/graph.ts';
 import { REF_NAME, parseIndexJson } from '../oci/layout/index-json.ts';
@@ -20,7 +19,7 @@ import { keyFingerprint } from './keys.ts';
 import { SIGNATURE_PATH, type AnyManifest } from './manifest.ts';
 import { BundleError, type BundleTar, type OpenedBundle } from './reader.ts';
 import { verifyManifest } from './sign.ts';
-import { fileReader, RangeReader, type PositionalReader } from '../util/read-range.ts';
+import { RangeReader } from '../util/read-range.ts';
 
 export interface VerifyOptions {
   /** Absent: the caller chose to skip the signature (--insecure-skip-signature). */
@@ -69,10 +68,7 @@ export async function verifyBundle(b: OpenedBundle, opts: VerifyOptions = {}): P
   for (const t of b.tars) {
     const where = t.label ? `${t.label}: ` : '';
     // One open file and two reused buffers for all of this tar's entries.
-    const file: PositionalReader & { close(): Promise<void> } = await (opts.aroundPageCache
-      ? DirectReader.open(t.file)
-      : open(t.file, 'r').then((fh) => ({ ...fileReader(fh), close: () => fh.close() }))
-    ).catch((err: unknown) => {
+    const file = await DirectReader.open(t.file, opts.aroundPageCache ?? false).catch((err: unknown) => {
       throw new BundleError('IO', `cannot open ${t.file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
     });
     const reader = new RangeReader(file);

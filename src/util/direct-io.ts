@@ -221,9 +221,10 @@ export class DirectReader {
     this.#direct = this.#opened = direct;
   }
 
-  static async open(path: string): Promise<DirectReader> {
+  /** `aroundPageCache: false` reads everything through the cache (the reader's buffers are the same). */
+  static async open(path: string, aroundPageCache = true): Promise<DirectReader> {
     const fh = await open(path, 'r');
-    return new DirectReader(fh, await directTwin(fh, path, constants.O_RDONLY));
+    return new DirectReader(fh, aroundPageCache ? await directTwin(fh, path, constants.O_RDONLY) : undefined);
   }
 
   /**

@@ -3,26 +3,17 @@
  * is reused. Two buffers alternate so the next read (on libuv's thread pool) runs while `use`
  * (a hash update, on the main thread) works on the current one: no stream, no allocation per
  * chunk, one open file for many ranges. `use` must not keep the chunk. The buffers are
- * page-aligned, so a DirectReader can read around the page cache into them.
+ * page-aligned, so the DirectReader can read around the page cache into them where it does.
  */
-import type { FileHandle } from 'node:fs/promises';
-import { releaseBuffer, takeBuffer, DIRECT_BUFFER } from './direct-io.ts';
+import { releaseBuffer, takeBuffer, DIRECT_BUFFER, type DirectReader } from './direct-io.ts';
 
 export const RANGE_CHUNK = DIRECT_BUFFER;
 
-/** Reads up to `want` bytes at `position` into `into` (which may be written up to a block past `want`); the count read. */
-export interface PositionalReader {
-  read(into: Buffer, want: number, position: number): Promise<number>;
-}
-
-/** A plain open file as a PositionalReader (through the page cache). */
-export const fileReader = (fh: FileHandle): PositionalReader => ({ read: async (into, want, position) => (await fh.read(into, 0, want, position)).bytesRead });
-
 export class RangeReader {
-  readonly #file: PositionalReader;
+  readonly #file: DirectReader;
   readonly #buffers = [takeBuffer(), takeBuffer()];
 
-  constructor(file: PositionalReader) {
+  constructor(file: DirectReader) {
     this.#file = file;
   }
 

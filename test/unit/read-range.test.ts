@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { BlockFile, DirectReader } from '../../src/util/direct-io.ts';
-import { fileReader, RANGE_CHUNK, RangeReader } from '../../src/util/read-range.ts';
+import { RANGE_CHUNK, RangeReader } from '../../src/util/read-range.ts';
 
 const data = randomBytes(3 * RANGE_CHUNK + 123);
 let dir: string;
@@ -20,10 +20,10 @@ afterAll(() => rm(dir, { recursive: true, force: true }));
 
 /** What `read` hands over, copied (the reader reuses its buffers). */
 async function collect(start: number, length: number): Promise<{ n: number; bytes: Buffer; chunks: number }> {
-  const fh = await open(file, 'r');
+  const fh = await DirectReader.open(file, false);
   try {
     const parts: Buffer[] = [];
-    const n = await new RangeReader(fileReader(fh)).read(start, length, (c) => parts.push(Buffer.from(c)));
+    const n = await new RangeReader(fh).read(start, length, (c) => parts.push(Buffer.from(c)));
     return { n, bytes: Buffer.concat(parts), chunks: parts.length };
   } finally {
     await fh.close();
@@ -51,9 +51,9 @@ describe('RangeReader', () => {
   });
 
   it('passes on an error thrown by the consumer, with no read left running', async () => {
-    const fh = await open(file, 'r');
+    const fh = await DirectReader.open(file, false);
     try {
-      await expect(new RangeReader(fileReader(fh)).read(0, data.length, () => {
+      await expect(new RangeReader(fh).read(0, data.length, () => {
         throw new Error('stop');
       })).rejects.toThrow('stop');
     } finally {
