@@ -66,9 +66,9 @@ export class HashCursor {
   }
 
   async #hashAll(): Promise<string> {
-    // Ranges are handed over without waiting for the ones before (the thread takes them in order):
-    // this side's turns come late while the fetch keeps the main thread busy.
-    const hashed: Promise<void>[] = [];
+    // Ranges are handed over without waiting for the ones before: the thread takes them in order,
+    // and this side's turns come late while the fetch keeps the main thread busy. A failure rejects
+    // every range still pending and then the digest, so no answer needs keeping here.
     while (this.#posted < this.#size) {
       let end = this.#posted;
       for (let next = this.#landed.get(end); next !== undefined; next = this.#landed.get(end)) {
@@ -84,15 +84,10 @@ export class HashCursor {
       // In pieces, so `hashed` moves on while a long range is read.
       for (; this.#posted < end; ) {
         const to = Math.min(this.#posted + PIECE, end);
-        const p = this.#hasher.update(this.#posted, to).then(() => void (this.#at = to));
-        p.catch(() => {}); // seen below, or by the digest
-        hashed.push(p);
+        void this.#hasher.update(this.#posted, to).then(() => void (this.#at = to), () => {});
         this.#posted = to;
       }
-      // Done ones are dropped so a long run does not keep one promise per piece.
-      if (hashed.length > 64) await hashed.splice(0, hashed.length - 16).at(-1);
     }
-    await Promise.all(hashed);
     return this.#hasher.digest();
   }
 }
