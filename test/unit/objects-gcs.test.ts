@@ -1,7 +1,7 @@
 import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer, type IncomingMessage, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { createServer, request as httpRequest, type IncomingMessage, type Server } from 'node:http';
+import { connect, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -108,6 +108,47 @@ describe('GcsSource.read against a stand-in server', () => {
     const req = seen.at(-1)!;
     expect(new URL(req.url!, 'http://x').searchParams.get('generation')).toBe('7');
     expect(req.headers.authorization).toBeUndefined();
+  });
+
+  it('reads through HTTP_PROXY when one is set, as the library\'s own requests do', async () => {
+    const tunnels: string[] = [];
+    // A forward proxy: plain requests by absolute URL, CONNECT tunnels; it notes where each went.
+    const proxy = createServer((req, res) => {
+      const to = new URL(req.url ?? '');
+      tunnels.push(to.host);
+      const up = httpRequest(to, { method: req.method, headers: req.headers }, (r) => {
+        res.writeHead(r.statusCode ?? 502, r.headers);
+        r.pipe(res);
+      });
+      up.on('error', () => res.destroy());
+      req.pipe(up);
+    });
+    proxy.on('connect', (req: IncomingMessage, client: Socket) => {
+      tunnels.push(req.url ?? '');
+      const [host, port] = (req.url ?? '').split(':');
+      const upstream = connect(Number(port), host!, () => {
+        client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+        upstream.pipe(client).pipe(upstream);
+      });
+      upstream.on('error', () => client.destroy());
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+    const saved = { http: process.env.HTTP_PROXY, no: process.env.NO_PROXY };
+    process.env.HTTP_PROXY = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
+    delete process.env.NO_PROXY;
+    try {
+      const viaProxy = new GcsSource({ endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}/` });
+      const chunks: Buffer[] = [];
+      for await (const c of await viaProxy.read({ bucket: 'b', key: 'in-transit', size: 0, generation: '7' })) chunks.push(c as Buffer);
+      expect(Buffer.concat(chunks).equals(plain)).toBe(true);
+      expect(tunnels).toEqual([`127.0.0.1:${(server.address() as AddressInfo).port}`]);
+    } finally {
+      if (saved.http === undefined) delete process.env.HTTP_PROXY;
+      else process.env.HTTP_PROXY = saved.http;
+      if (saved.no !== undefined) process.env.NO_PROXY = saved.no;
+      proxy.closeAllConnections();
+      await new Promise((r) => proxy.close(r));
+    }
   });
 
   it('reports a generation that is gone as GONE', async () => {
