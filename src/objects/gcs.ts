@@ -236,15 +236,8 @@ export class GcsSource implements ObjectSource {
     body = res.body;
     const { statusCode: status, headers: h } = res;
     if (status >= 300) {
+      const message = await errorMessage(res.body); // the stall timer still runs: a silent error body fails too
       clearTimeout(timer);
-      const text = await res.body.text().catch(() => '');
-      const message = (() => {
-        try {
-          return String((JSON.parse(text) as { error?: { message?: unknown } }).error?.message ?? text);
-        } catch {
-          return text;
-        }
-      })();
       if (status === 404 && info.generation) throw gone();
       const e = this.fail(Object.assign(new Error(message), { code: status }), `reading ${url}`, info.bucket);
       const wait = retryAfterMs(h['retry-after']);
@@ -279,6 +272,29 @@ export class GcsSource implements ObjectSource {
       body.pipe(out);
     }
     return out;
+  }
+}
+
+/** What GCS says about a refused read: its JSON error's message, or the text; at most 64 KiB of it is read. */
+async function errorMessage(body: Readable): Promise<string> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  try {
+    for await (const c of body as AsyncIterable<Buffer>) {
+      chunks.push(c);
+      if ((n += c.length) >= 64 * 1024) break;
+    }
+  } catch {
+    // the status alone says enough
+  } finally {
+    body.on('error', () => {}); // undici reports its own abort as an error
+    body.destroy();
+  }
+  const text = Buffer.concat(chunks).toString('utf8');
+  try {
+    return String((JSON.parse(text) as { error?: { message?: unknown } }).error?.message ?? text);
+  } catch {
+    return text;
   }
 }
 

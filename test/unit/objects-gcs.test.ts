@@ -161,8 +161,8 @@ describe('GcsSource.read against a stand-in server', () => {
 describe('GcsSource.read: resumed and stalled reads', () => {
   const data = randomBytes(60_000);
   const ranges: (string | undefined)[] = [];
-  /** 'range' honours Range, 'ignore' answers 200 with everything, 'stall' sends 1000 bytes then nothing, 'silent' nothing at all. */
-  let mode: 'range' | 'ignore' | 'stall' | 'silent' = 'range';
+  /** 'range' honours Range, 'ignore' answers 200 with everything, 'stall' sends 1000 bytes then nothing, 'silent' nothing at all, 'flood' a 503 whose body never ends. */
+  let mode: 'range' | 'ignore' | 'stall' | 'silent' | 'flood' = 'range';
   /** Statuses to answer first, one per request (a busy GCS). */
   let busy: number[] = [];
   let server: Server;
@@ -175,6 +175,15 @@ describe('GcsSource.read: resumed and stalled reads', () => {
       const refuse = busy.shift();
       if (refuse) return void res.writeHead(refuse, { 'content-type': 'application/json', ...(refuse === 429 ? { 'retry-after': '1' } : {}) }).end(JSON.stringify({ error: { code: refuse, message: 'busy' } }));
       if (mode === 'silent') return;
+      if (mode === 'flood') {
+        res.writeHead(503, { 'content-type': 'text/plain' });
+        const more = () => {
+          while (res.write(Buffer.alloc(16 * 1024, 'x')));
+          res.once('drain', more);
+        };
+        res.on('close', () => res.removeAllListeners('drain'));
+        return more();
+      }
       if (mode === 'stall') return void res.writeHead(200, { ...head, 'content-length': data.length }).write(data.subarray(0, 1000));
       if (mode === 'ignore' || from === 0) return void res.writeHead(200, { ...head, 'content-length': data.length }).end(data);
       res.writeHead(206, { ...head, 'content-length': data.length - from, 'content-range': `bytes ${from}-${data.length - 1}/${data.length}` }).end(data.subarray(from));
@@ -218,6 +227,17 @@ describe('GcsSource.read: resumed and stalled reads', () => {
     const got = await fetchObject(new GcsSource({ endpoint }), { bucket: 'b', key: 'k', size: data.length, generation: '7' }, join(dir, 'cache-busy'));
     expect(got.sha256).toBe(createHash('sha256').update(data).digest('hex'));
     expect(Date.now() - started).toBeGreaterThanOrEqual(1000);
+  });
+
+  it('reads no more than a little of an error body, however long the server makes it', async () => {
+    mode = 'flood';
+    const before = process.memoryUsage().rss;
+    const err = await rejection(readAll(new GcsSource({ endpoint }), 0));
+    expect(isObjectError(err, 'STORE') && err.retryable, err.message).toBe(true);
+    expect(err.message).toContain('(HTTP 503)');
+    expect(err.message.length).toBeLessThan(400); // one line, the server's text cut short
+    expect(process.memoryUsage().rss - before).toBeLessThan(64 << 20);
+    mode = 'range';
   });
 
   it('fails a read that stalls (mid-body or before any header) with a retryable NETWORK error after the stall timeout, instead of waiting forever', async () => {
