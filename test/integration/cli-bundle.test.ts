@@ -1,8 +1,8 @@
 // The npm CLI starts from one bundled file (dist/cli/cartesia-airgap.cjs) and keeps V8's compiled
-// code in the user's cache: copied alone with the data files it ships, beside no dist/ and no
-// node_modules, it still runs every command, and a run leaves compiled code under XDG_CACHE_HOME
+// code in the user's cache: the package ships that file and its data files only, and copied alone
+// as `npm pack` lists them, beside no node_modules, it still runs every command, and a run leaves compiled code under XDG_CACHE_HOME
 // unless NODE_DISABLE_COMPILE_CACHE says not to, or the cache cannot be made.
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { cp, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -28,14 +28,24 @@ async function files(dir: string): Promise<string[]> {
 
 describe('the npm CLI, bundled', () => {
   let pkg: string;
+  /** What `npm pack` puts in the package. */
+  let shipped: string[];
   beforeAll(async () => {
     root = await mkdtemp(join(tmpdir(), 'airgap-cli-bundle-'));
     pkg = join(root, 'pkg');
-    for (const f of ['package.json', 'bin/run.js', 'dist/cli/cartesia-airgap.cjs', 'bundles', 'templates']) await cp(join(REPO, f), join(pkg, f), { recursive: true });
+    const packed = JSON.parse(execFileSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: REPO, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })) as { files: { path: string }[] }[];
+    shipped = packed[0]!.files.map((f) => f.path);
+    for (const f of shipped) await cp(join(REPO, f), join(pkg, f));
   });
   afterAll(() => rm(root, { recursive: true, force: true }));
 
-  it('runs from its one file with no dist/ modules and no node_modules beside it', async () => {
+  it("ships the one bundled file and the data files, none of dist/'s separate modules", () => {
+    expect(shipped).toEqual(expect.arrayContaining(['package.json', 'bin/run.js', 'dist/cli/cartesia-airgap.cjs']));
+    expect(shipped.filter((f) => f.startsWith('dist/') && !f.startsWith('dist/cli/'))).toEqual([]);
+    expect(shipped.some((f) => f.startsWith('bundles/')) && shipped.some((f) => f.startsWith('templates/'))).toBe(true);
+  });
+
+  it('runs from what the package ships: its one file, no dist/ modules and no node_modules beside it', async () => {
     const bin = join(pkg, 'bin', 'run.js');
     const version = await node([bin, '--version']);
     expect(version.stderr).toBe('');
