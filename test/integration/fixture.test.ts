@@ -1,12 +1,12 @@
 import { createWriteStream } from 'node:fs';
-import { mkdtemp, readFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Storage } from '@google-cloud/storage';
 import { describe, expect, inject, it } from 'vitest';
 import { run } from '../testbed/run.ts';
 import { authFile, sha256, skopeo } from './helpers.ts';
+import { scratchDir } from '../unit/helpers.ts';
 
 const bed = inject('testbed');
 const fixture = inject('fixture');
@@ -44,7 +44,7 @@ describe('synthetic Cartesia release in the bed', () => {
   });
 
   it("publishes the archive, VERSION and SHA256SUMS the way Cartesia's instructions check them", async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'airgap-release-'));
+    const dir = await scratchDir('airgap-release-');
     const bucket = storage.bucket(fixture.release.bucket);
     const [version] = await bucket.file('cartesia-kube/latest/VERSION').download();
     expect(version.toString().trim()).toBe(fixture.release.version);
@@ -68,7 +68,7 @@ describe('synthetic Cartesia release in the bed', () => {
     const { LayoutWriter } = await import('../fixtures/oci-layout.ts');
     const { buildImages } = await import('../fixtures/images.ts');
     const { TINY, NATS_REPOSITORY, NATS_TAG } = await import('../fixtures/release.ts');
-    const layout = await new LayoutWriter(await mkdtemp(join(tmpdir(), 'airgap-layout-'))).init();
+    const layout = await new LayoutWriter(await scratchDir('airgap-layout-')).init();
     const again = await buildImages(layout, { prefix: bed.source.prefix, tag: TINY.releaseTag, natsRepository: NATS_REPOSITORY, natsTag: NATS_TAG, sizes: TINY.images, created: TINY.created });
     expect(again.map((i) => i.digest)).toEqual(fixture.images.map((i) => i.digest));
   });

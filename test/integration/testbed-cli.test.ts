@@ -1,10 +1,10 @@
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { fetchRaw } from './helpers.ts';
+import { scratchDir } from '../unit/helpers.ts';
 
 const REQUIRED = [
   'AIRGAP_GCS_ENDPOINT', 'AIRGAP_SOURCE_REGISTRY', 'AIRGAP_SA_KEY', 'AIRGAP_PRIVATE_REGISTRY', 'AIRGAP_PRIVATE_REGISTRY_USER',
@@ -23,7 +23,7 @@ const alive = (pid: number) => {
 
 describe('npm run testbed -- --env-file FILE', () => {
   it('is up and seeded within seconds, writes a sourceable env file, and leaves no child after SIGTERM', async () => {
-    const envFile = join(await mkdtemp(join(tmpdir(), 'airgap-envfile-')), 'testbed.env');
+    const envFile = join(await scratchDir('airgap-envfile-'), 'testbed.env');
     const started = Date.now();
     const npm = spawn('npm', ['run', '--silent', 'testbed', '--', '--env-file', envFile], { stdio: ['ignore', 'pipe', 'pipe'] });
     let output = '';

@@ -1,8 +1,8 @@
 import { createHash, createPrivateKey, createPublicKey, randomBytes } from 'node:crypto';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openSignedManifest, type SignedManifest } from '../../src/bundle/base.ts';
 import { contentsOf, cutDelta, deltaSummary } from '../../src/bundle/delta.ts';
 import { diffManifests } from '../../src/bundle/diff.ts';
@@ -87,6 +87,8 @@ const api = image('api', [L1, L2]);
 const worker = image('worker', [L1, L3]);
 let oldFile = '';
 let old: SignedManifest;
+
+afterAll(() => rm(tmp, { recursive: true, force: true }));
 
 beforeAll(async () => {
   tmp = await mkdtemp(join(tmpdir(), 'airgap-delta-'));

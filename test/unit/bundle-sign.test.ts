@@ -1,6 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
@@ -8,10 +7,10 @@ import { generateSigningKeyPair, keyFingerprint } from '../../src/bundle/keys.ts
 import { loadPublicKey, loadSigningKey, signManifest, verifyManifest } from '../../src/bundle/sign.ts';
 import { isOciError } from '../../src/oci/errors.ts';
 import { run } from '../testbed/run.ts';
-import { rejection } from './helpers.ts';
+import { rejection, scratchDir } from './helpers.ts';
 
 const execFileP = promisify(execFile);
-const tmp = () => mkdtemp(join(tmpdir(), 'airgap-sign-'));
+const tmp = () => scratchDir('airgap-sign-');
 const manifestBytes = Buffer.from('{\n  "formatVersion": 1,\n  "release": "2025.11.18"\n}\n');
 
 /** openssl's verdict on `data` with the base64 signature file content `sig`: 'Verified OK' or its failure text. */
@@ -48,7 +47,7 @@ describe('bundle signing', () => {
 
   it('signs deterministically (RFC 6979): the same key and bytes give the same signature, so signed bundles reproduce', async () => {
     const pair = generateSigningKeyPair();
-    const dir = await mkdtemp(join(tmpdir(), 'bundle-sign-det-'));
+    const dir = await scratchDir('bundle-sign-det-');
     const keyFile = join(dir, 'k.pem');
     await writeFile(keyFile, pair.privateKeyPem);
     const key = await loadSigningKey(keyFile);

@@ -1,7 +1,6 @@
 import { execFile } from 'node:child_process';
 import { createHash, createPrivateKey, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, open, readdir, readFile, rename, rm, stat, symlink, writeFile, type FileHandle } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, open, readdir, readFile, rename, rm, stat, symlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { promisify } from 'node:util';
@@ -14,7 +13,7 @@ import { pack as tarPack } from 'tar-stream';
 import { fileEntry, writeBundle, writeTarFile, type EntrySource, type WriteBundleOptions } from '../../src/bundle/writer.ts';
 import { isOciError } from '../../src/oci/errors.ts';
 import { run } from '../testbed/run.ts';
-import { rejection } from './helpers.ts';
+import { rejection, scratchDir } from './helpers.ts';
 
 const execFileP = promisify(execFile);
 const MTIME = new Date('2025-11-18T12:34:56Z');
@@ -33,7 +32,7 @@ interface Fixture {
 }
 
 async function fixture(): Promise<Fixture> {
-  const dir = await mkdtemp(join(tmpdir(), 'airgap-writer-'));
+  const dir = await scratchDir('airgap-writer-');
   await mkdir(join(dir, 'src'));
   const archive = randomBytes(300_000);
   const blob = randomBytes(2_500_000 + 17); // several 1 MiB reads, and not a multiple of 512
@@ -80,7 +79,7 @@ async function tarList(file: string): Promise<string[][]> {
 }
 
 async function extract(file: string): Promise<string> {
-  const out = await mkdtemp(join(tmpdir(), 'airgap-extract-'));
+  const out = await scratchDir('airgap-extract-');
   await run('tar', ['-xf', file, '-C', out]);
   return out;
 }

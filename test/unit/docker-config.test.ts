@@ -1,7 +1,7 @@
-import { chmod, mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dockerConfigCredential, type DockerConfigOptions } from '../../src/oci/auth/docker-config.ts';
 import { isOciError } from '../../src/oci/errors.ts';
 
@@ -24,6 +24,8 @@ const HELPERS: Record<string, string> = {
   token: `cat >/dev/null; echo '{"ServerURL":"x","Username":"<token>","Secret":"refresh-tok"}'`,
   leaky: `url=$(cat); if [ "$url" = badjson.example ]; then printf '{"Secret":"${SECRET}"'; exit 0; fi; echo "denied ${SECRET}" >&2; echo "${SECRET}" >&2; exit 2`,
 };
+
+afterAll(() => rm(dir, { recursive: true, force: true }));
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'airgap-dockercfg-'));

@@ -1,4 +1,14 @@
-import { expect } from 'vitest';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { expect, onTestFinished } from 'vitest';
+
+/** A fresh directory under the system's temp dir, removed when the test that asked for it finishes. */
+export async function scratchDir(prefix: string): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  onTestFinished(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
 
 /** Request headers as a plain lowercase record, whatever shape MockAgent hands the callback. */
 export function plainHeaders(h: unknown): Record<string, string> {

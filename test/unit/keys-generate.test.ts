@@ -1,10 +1,10 @@
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { run } from '../testbed/run.ts';
+import { scratchDir } from './helpers.ts';
 
 const execFileP = promisify(execFile);
 const cli = join(import.meta.dirname, '..', '..', 'bin', 'run.js');
@@ -21,7 +21,7 @@ async function airgap(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ co
 
 describe('keys generate', () => {
   it('writes a P-256 pair that openssl signs and verifies with, and prints the SPKI fingerprint', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'airgap-keys-'));
+    const dir = await scratchDir('airgap-keys-');
     const res = await airgap(['keys', 'generate', '--out', join(dir, 'release')]);
     expect(res.code).toBe(0);
     expect((await stat(join(dir, 'release', 'bundle.key'))).mode & 0o777).toBe(0o600);
@@ -38,7 +38,7 @@ describe('keys generate', () => {
   });
 
   it('refuses to overwrite an existing key with a one-line error and a non-zero exit, keeping the old key', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'airgap-keys-'));
+    const dir = await scratchDir('airgap-keys-');
     expect((await airgap(['keys', 'generate', '--out', join(dir, 'k')])).code).toBe(0);
     const before = await readFile(join(dir, 'k', 'bundle.key'), 'utf8');
     const again = await airgap(['keys', 'generate', '--out', join(dir, 'k')]);
@@ -49,7 +49,7 @@ describe('keys generate', () => {
   });
 
   it('encrypts the private key with a passphrase from stdin and never prints it', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'airgap-keys-'));
+    const dir = await scratchDir('airgap-keys-');
     const secret = 'S3CRET-passphrase-7f3a';
     const child = execFile(process.execPath, [cli, 'keys', 'generate', '--out', join(dir, 'enc'), '--passphrase-stdin', '--json']);
     let out = '';
