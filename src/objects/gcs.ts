@@ -5,6 +5,7 @@ import { createGunzip } from 'node:zlib';
 import { Storage, type File, type StorageOptions } from '@google-cloud/storage';
 import { JWT } from 'google-auth-library';
 import { EnvHttpProxyAgent, request, type Dispatcher } from 'undici';
+import { readCapped } from '../oci/http/transport.ts';
 import { loadServiceAccountKey } from '../util/service-account.ts';
 import { retryAfterMs } from '../util/retry-after.ts';
 import { DEFAULT_STALL_TIMEOUT_MS } from '../util/stall.ts';
@@ -236,7 +237,7 @@ export class GcsSource implements ObjectSource {
     body = res.body;
     const { statusCode: status, headers: h } = res;
     if (status >= 300) {
-      const message = await errorMessage(res.body); // the stall timer still runs: a silent error body fails too
+      const message = await errorMessage(res); // the stall timer still runs: a silent error body fails too
       clearTimeout(timer);
       if (status === 404 && info.generation) throw gone();
       const e = this.fail(Object.assign(new Error(message), { code: status }), `reading ${url}`, info.bucket);
@@ -275,22 +276,13 @@ export class GcsSource implements ObjectSource {
   }
 }
 
-/** What GCS says about a refused read: its JSON error's message, or the text; at most 64 KiB of it is read. */
-async function errorMessage(body: Readable): Promise<string> {
-  const chunks: Buffer[] = [];
-  let n = 0;
-  try {
-    for await (const c of body as AsyncIterable<Buffer>) {
-      chunks.push(c);
-      if ((n += c.length) >= 64 * 1024) break;
-    }
-  } catch {
-    // the status alone says enough
-  } finally {
-    body.on('error', () => {}); // undici reports its own abort as an error
-    body.destroy();
-  }
-  const text = Buffer.concat(chunks).toString('utf8');
+/**
+ * What GCS says about a refused read: its JSON error's message, or the text. Read as registry
+ * errors are (at most 64 KiB, else none), under the read's stall timer.
+ */
+async function errorMessage(res: Dispatcher.ResponseData): Promise<string> {
+  res.body.on('error', () => {}); // undici reports its own abort as an error
+  const text = await readCapped(res, 64 << 10, 'error body').then((b) => b.toString('utf8'), () => '');
   try {
     return String((JSON.parse(text) as { error?: { message?: unknown } }).error?.message ?? text);
   } catch {

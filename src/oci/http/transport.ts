@@ -71,6 +71,21 @@ export const header = (res: Response, name: string): string | undefined => {
   return Array.isArray(v) ? v[0] : v;
 };
 
+/** Reads a small body (manifests, errors) with a cap, so a hostile server cannot fill memory. */
+export async function readCapped(res: Response, cap: number, what: string): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for await (const chunk of res.body as AsyncIterable<Buffer>) {
+    total += chunk.length;
+    if (total > cap) {
+      res.body.destroy();
+      throw new OciError('TOO_LARGE', `${what} is larger than ${cap} bytes; refusing it`);
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks);
+}
+
 /** Reads and discards a body so the connection goes back to the pool. */
 export async function drain(res: Response): Promise<void> {
   try {

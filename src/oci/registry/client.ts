@@ -2,7 +2,7 @@ import type { Readable } from 'node:stream';
 import type { Authorizer } from '../auth/authorizer.ts';
 import { OciError } from '../errors.ts';
 import { retryAfterMs } from '../../util/retry-after.ts';
-import { drain, type Response, type SendRequest, type Transport } from '../http/transport.ts';
+import { drain, readCapped, type Response, type SendRequest, type Transport } from '../http/transport.ts';
 import { apiHost } from '../reference.ts';
 
 export interface RegistryRequest {
@@ -19,20 +19,6 @@ export interface RegistryRequest {
   followRedirects?: boolean;
 }
 
-/** Reads a small body (manifests, errors) with a cap, so a hostile server cannot fill memory. */
-export async function readCapped(res: Response, cap: number, what: string): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let total = 0;
-  for await (const chunk of res.body as AsyncIterable<Buffer>) {
-    total += chunk.length;
-    if (total > cap) {
-      res.body.destroy();
-      throw new OciError('TOO_LARGE', `${what} is larger than ${cap} bytes; refusing it`);
-    }
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks);
-}
 
 /** One line from a registry's error answer (Distribution spec error codes), never its headers. */
 export async function registryError(res: Response, what: string): Promise<OciError> {
