@@ -1,13 +1,15 @@
 /** The steps of `bundle --direct` (direct.ts) as the bundle phases call them. */
 import { rm, stat } from 'node:fs/promises';
+import { LayoutDirectory } from '../oci/layout/writer.ts';
 import pLimit from 'p-limit';
 import { mapBounded, mapBySize } from '../util/bounded.ts';
 import { SMALL_LANES, SMALL_OBJECT } from '../objects/cache.ts';
 import { digestHex } from '../oci/digest.ts';
 import type { Descriptor } from '../oci/types.ts';
 import { bundleContent } from './content.ts';
-import { fetchOrder } from './images.ts';
-import { BundleSlots, closeDirect, fetchObjectInto, fillLocal, finishDirect, openDirect, PLACEHOLDER, writeHead } from './direct.ts';
+import { fetchImages, fetchOrder } from './images.ts';
+import { closeDirect, finishDirect, openDirect, PLACEHOLDER, writeHead } from './direct.ts';
+import { BundleSlots, fetchObjectInto, fillLocal } from './direct-fill.ts';
 import { openBundle } from './reader.ts';
 import type { BundleContext, BundleOptions } from './tasks.ts';
 import { bundleHead, bundleJson, checkEntries, checkMtime, existingBundle, type WriteBundleResult } from './writer.ts';
@@ -67,32 +69,43 @@ function fetchedPaths(ctx: BundleContext): Set<string> {
  * share it), mostly in the order they lie in the file, so the whole-file hash can follow close behind.
  * One at a time until `artifacts` settles, then `concurrency`: bundle.json lists the artifacts'
  * sha256 and the hash starts only once it is written, so the artifacts go first without leaving
- * the registry idle. The plan walked every graph already: nothing is left to discover.
+ * the registry idle. The plan walked every graph already: nothing is left to discover. With a
+ * cache, blobs it holds are copied from it, the others fetched into both; its manifests and tags
+ * are stored last, as a cache may hold a manifest only with all it points to.
  */
-export async function fetchImagesDirect(ctx: BundleContext, concurrency: number, artifacts: Promise<unknown>, progress: (bytes: number) => void): Promise<void> {
+export async function fetchImagesDirect(ctx: BundleContext, concurrency: number, artifacts: Promise<unknown>, progress: (bytes: number) => void, cache?: LayoutDirectory): Promise<void> {
   const d = ctx.direct!;
-  const slots = new BundleSlots(d);
+  const slots = new BundleSlots(d, cache);
   const lanes = pLimit(1);
   void artifacts.finally(() => (lanes.concurrency = concurrency)).catch(() => {});
   const order = fetchOrder(ctx.planned!, (desc) => d.places.get(pathOf(desc))!.offset);
   ctx.imageBytesFetched = 0;
-  await mapBounded(order, lanes, async ({ desc, manifest, repository, uses }) => {
-    if (manifest) {
-      if (!(await slots.hasManifest(desc))) await slots.pushManifest(desc, await repository.fetchManifest(desc));
-    } else {
-      const r = await slots.pushBlob(desc, (offset) => repository.openBlob(desc, offset));
-      ctx.imageBytesFetched += r.bytesTransferred; // not `+= await`: that would add to the value read before the wait
-    }
-    progress(desc.size * uses); // as each image that has it would count it
-  });
+  try {
+    await mapBounded(order, lanes, async ({ desc, manifest, repository, uses }) => {
+      if (manifest) {
+        if (!(await slots.hasManifest(desc))) await slots.pushManifest(desc, await repository.fetchManifest(desc));
+      } else {
+        const r = await slots.pushBlob(desc, (offset) => repository.openBlob(desc, offset));
+        ctx.imageBytesFetched += r.bytesTransferred; // not `+= await`: that would add to the value read before the wait
+      }
+      progress(desc.size * uses); // as each image that has it would count it
+    });
+    if (cache) await fetchImages(ctx.planned!, cache, { concurrency });
+  } finally {
+    await cache?.close();
+  }
 }
 
 const pathOf = (desc: Descriptor) => `images/blobs/sha256/${digestHex(desc.digest)}`;
 
-/** Images and artifacts side by side, artifacts first (see fetchImagesDirect): [images, artifacts]. */
-export function fetchDirect(o: BundleOptions, ctx: BundleContext, progress: (bytes: number) => void): [Promise<void>, Promise<void>] {
+/**
+ * Images and artifacts side by side, artifacts first (see fetchImagesDirect): [images, artifacts].
+ * Through the cache unless --direct.
+ */
+export function fetchDirect(o: BundleOptions, ctx: BundleContext, imagesDir: string, progress: (bytes: number) => void): [Promise<void>, Promise<void>] {
   const artifacts = fetchArtifactsDirect(o, ctx, progress);
-  return [fetchImagesDirect(ctx, o.concurrency, artifacts, progress), artifacts];
+  const images = (async () => fetchImagesDirect(ctx, o.concurrency, artifacts, progress, o.direct ? undefined : await LayoutDirectory.open(imagesDir)))();
+  return [images, artifacts];
 }
 
 /** Each listed artifact into its place; its sha256 recorded for bundle.json. */
@@ -105,8 +118,9 @@ export async function fetchArtifactsDirect(o: BundleOptions, ctx: BundleContext,
       progress(c.size);
       return;
     }
-    c.sha256 = await fetchObjectInto(o.gcs, c, ctx.direct!, path);
-    ctx.objectBytesFetched += c.size;
+    const got = await fetchObjectInto(o.gcs, c, ctx.direct!, path, o.direct ? undefined : o.cacheDir);
+    c.sha256 = got.sha256;
+    if (got.fetched) ctx.objectBytesFetched += c.size;
     progress(c.size);
   });
   // Every sha256 bundle.json lists is known now: it can be written, and the whole-file hash start.

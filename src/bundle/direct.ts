@@ -1,9 +1,11 @@
 /**
- * A direct bundle (`bundle --direct`): image blobs and artifacts go from the network straight to
- * their final place in the bundle file, never through the cache. On a machine whose page cache
- * writeback costs CPU (this project's test VMs: ~3.3 CPU s per GiB once 10 % of memory is dirty),
- * writing every byte once instead of twice (cache, then tar) is most of bundle's time at 4 GiB,
- * and it halves the disk space a release needs.
+ * A bundle written in place: every single-file bundle that is not a delta. Image blobs and
+ * artifacts go from the network (or the cache, direct-fill.ts) straight to their final place in
+ * the bundle file, not into the cache first and then copied into a tar. With the cache (the
+ * default) each fetched byte is written to the bundle and to the cache at once; with `--direct`
+ * only to the bundle, which halves the disk writes and the space a release needs. Writing into
+ * the cache first and copying after cost a third pass over every byte: on the 4 GiB bed the
+ * copy could not start before bundle.json (~7.6 s in) and ran behind the fetch.
  *
  * It works because every entry's size is known once the images and the bucket are planned, and
  * everything not yet known (the artifacts' sha256) has a fixed width: bundle.json's length, hence
@@ -13,30 +15,23 @@
  *
  * An interrupted run is resumed from the partial file: `FILE.partial.done` names each entry that
  * was whole in it (appended as each lands), and a re-run with the same plan re-hashes those ranges
- * and fetches only the rest. The price: the cache does not learn the images for the next release.
+ * and fetches only the rest.
  */
-import { createHash, type Hash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { constants } from 'node:fs';
 import { open, readFile, rename, rm, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { Transform } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import { digestHex, VerifyingStream, verifyBytes } from '../oci/digest.ts';
 import { OciError } from '../oci/errors.ts';
-import type { Descriptor, OnBytes, OpenBlob, PushBlobResult, WriteTarget } from '../oci/types.ts';
 import type { BundleManifest } from './manifest.ts';
-import { gsUrl, mismatch, ObjectError, sameVersion, streamObject } from '../objects/cache.ts';
-import type { ObjectInfo, ObjectSource } from '../objects/types.ts';
 import { HashCursor } from '../tar/hash-cursor.ts';
 import { encodeFileHeader, END_OF_ARCHIVE, paddingBytes } from '../tar/header.ts';
 import { SlotWriter } from '../tar/slot.ts';
 import { writeFileAtomic } from '../util/atomic.ts';
 import { BlockFile } from '../util/direct-io.ts';
 import { Flusher } from '../util/flusher.ts';
-import { isNoSpace } from '../util/errors.ts';
 import { openPartial, syncDir, type EntrySource } from './writer.ts';
 
-interface Place {
+export interface Place {
   /** Where the entry's tar header starts. */
   header: number;
   /** Where its bytes start. */
@@ -84,7 +79,7 @@ const JOURNAL_MAGIC = 'cartesia-airgap direct bundle 1';
  * made by `slotFor` has shown the whole-file hash each piece as it landed; other writes (`shown`
  * false) show the entry's bytes and padding now.
  */
-async function landed(d: DirectBundle, path: string, sha256: string, shown = true): Promise<void> {
+export async function landed(d: DirectBundle, path: string, sha256: string, shown = true): Promise<void> {
   const p = placeOf(d, path);
   d.done.set(path, sha256);
   d.flusher.landed(p.size);
@@ -96,10 +91,11 @@ async function landed(d: DirectBundle, path: string, sha256: string, shown = tru
 /**
  * A writer for an entry's bytes (from byte `from`) that shows the whole-file hash each piece as
  * it lands, so the hash can follow a large entry while it arrives. Its last piece takes the
- * padding along: zeros, written with it or left by the sparse file.
+ * padding along: zeros, written with it or left by the sparse file. `also`: a cache file that gets
+ * the same bytes (SlotWriter).
  */
-function slotFor(d: DirectBundle, p: Place, what: string, from = 0): SlotWriter {
-  return new SlotWriter(d.file, { offset: p.offset, size: p.size, what }, from, (start, end) => d.cursor.landed(start, end === p.offset + p.size ? p.end : end));
+export function slotFor(d: DirectBundle, p: Place, what: string, from = 0, also?: BlockFile): SlotWriter {
+  return new SlotWriter(d.file, { offset: p.offset, size: p.size, what, ...(also ? { also } : {}) }, from, (start, end) => d.cursor.landed(start, end === p.offset + p.size ? p.end : end));
 }
 
 /** The bytes an entry takes in the tar: header (with a pax header for a long name), data, padding. */
@@ -205,127 +201,10 @@ export async function closeDirect(d: Pick<DirectBundle, 'fh' | 'file' | 'journal
   await d.journal.close().catch(() => {});
 }
 
-function placeOf(d: DirectBundle, path: string): Place {
+export function placeOf(d: DirectBundle, path: string): Place {
   const p = d.places.get(path);
   if (!p) throw new OciError('LAYOUT', `${path} has no place in the planned bundle`);
   return p;
-}
-
-/** The image blobs of a direct bundle as a copy destination: each blob lands at its entry's place. */
-export class BundleSlots implements WriteTarget {
-  readonly description: string;
-  readonly #d: DirectBundle;
-  readonly #stored = new Set<string>();
-  readonly #inflight = new Map<string, Promise<PushBlobResult>>();
-
-  constructor(d: DirectBundle) {
-    this.#d = d;
-    this.description = `the bundle ${d.partial}`;
-    const prefix = 'images/blobs/sha256/';
-    for (const path of d.done.keys()) if (path.startsWith(prefix)) this.#stored.add(`sha256:${path.slice(prefix.length)}`);
-  }
-
-  #place(desc: Descriptor): Place {
-    const p = placeOf(this.#d, `images/blobs/sha256/${digestHex(desc.digest)}`);
-    if (p.size !== desc.size) throw new OciError('SIZE_MISMATCH', `blob ${desc.digest} is ${desc.size} bytes, planned as ${p.size}`);
-    return p;
-  }
-
-  async hasBlob(desc: Descriptor): Promise<boolean> {
-    return this.#stored.has(desc.digest);
-  }
-
-  async hasManifest(desc: Descriptor): Promise<boolean> {
-    return this.#stored.has(desc.digest);
-  }
-
-  pushBlob(desc: Descriptor, open: OpenBlob, opts: { onBytes?: OnBytes } = {}): Promise<PushBlobResult> {
-    let p = this.#inflight.get(desc.digest);
-    if (!p) {
-      p = this.#fill(desc, open, opts.onBytes).finally(() => this.#inflight.delete(desc.digest));
-      this.#inflight.set(desc.digest, p);
-    }
-    return p;
-  }
-
-  async #fill(desc: Descriptor, open: OpenBlob, onBytes?: OnBytes): Promise<PushBlobResult> {
-    if (this.#stored.has(desc.digest)) return { how: 'existed', bytesTransferred: 0 };
-    const place = this.#place(desc);
-    let have = 0;
-    let bytesTransferred = 0;
-    for (let attempt = 1; ; attempt++) {
-      // After a dropped connection: the bytes that reached the file are hashed again, the rest asked for.
-      const hash = await this.#d.file.hashRange(createHash('sha256'), place.offset, have);
-      const sink = slotFor(this.#d, place, `blob ${desc.digest}`, have);
-      try {
-        let position = have;
-        const count = new Transform({
-          transform(chunk: Buffer, _e, done) {
-            bytesTransferred += chunk.length;
-            onBytes?.((position += chunk.length));
-            done(null, chunk);
-          },
-        });
-        await pipeline(await open(have), count, new VerifyingStream(desc, { hash, bytes: have }), sink);
-        await landed(this.#d, `images/blobs/sha256/${digestHex(desc.digest)}`, digestHex(desc.digest));
-        this.#stored.add(desc.digest);
-        return { how: 'uploaded', bytesTransferred };
-      } catch (err) {
-        const resumable = err instanceof OciError ? err.retryable : true;
-        if (isNoSpace(err) || !resumable || attempt >= ATTEMPTS) throw err;
-        have = sink.written;
-      }
-    }
-  }
-
-  async pushManifest(desc: Descriptor, bytes: Buffer): Promise<void> {
-    verifyBytes(desc, bytes, 'manifest to store');
-    if (this.#stored.has(desc.digest)) return;
-    const place = this.#place(desc);
-    await this.#d.file.writeBytes(bytes, place.offset, place.end);
-    await landed(this.#d, `images/blobs/sha256/${digestHex(desc.digest)}`, digestHex(desc.digest), false);
-    this.#stored.add(desc.digest);
-  }
-
-  /** The bundle's index.json is written from the plan, not tag by tag. */
-  async tag(): Promise<void> {}
-}
-
-const ATTEMPTS = 3;
-
-/**
- * One artifact from the store to its place, checked against the store's size and checksums; its
- * sha256. A version that changed since the plan cannot fit the place planned for it: run again.
- */
-export async function fetchObjectInto(source: ObjectSource, info: ObjectInfo, d: DirectBundle, path: string, onBytes?: (n: number) => void): Promise<string> {
-  const place = placeOf(d, path);
-  const url = gsUrl(info);
-  const got = await streamObject(source, info, slotFor(d, place, url), onBytes);
-  const wrong = got.kind === 'bytes' ? mismatch(info, got.hashes) : got.kind === 'overflow' ? `size exceeds the ${info.size} bytes the store reports` : 'generation is gone';
-  if (got.kind === 'bytes' && !wrong) {
-    await landed(d, path, got.hashes.sha256);
-    return got.hashes.sha256;
-  }
-  const fresh = await source.stat(info.bucket, info.key);
-  if (fresh && got.kind !== 'gone' && sameVersion(fresh, info)) {
-    throw new ObjectError('MISMATCH', `${url} arrived damaged: its ${wrong}; run again, and if it persists the stored object is corrupt`);
-  }
-  throw new ObjectError('CHANGED', `${url} ${fresh ? 'changed' : 'was deleted'} while being bundled; run again when uploads to the bucket have finished`);
-}
-
-/**
- * The entries with a local source (installer, release files, the layout's small files), written
- * as soon as the file is open: checked against their sha256 as they are copied.
- */
-export async function fillLocal(d: DirectBundle, entries: readonly EntrySource[], fetched: ReadonlySet<string>): Promise<void> {
-  for (const e of entries) {
-    if (fetched.has(e.path) || d.placed.has(e.path)) continue;
-    const p = placeOf(d, e.path);
-    if (p.size !== e.size) throw new OciError('LAYOUT', `${e.path} is ${e.size} bytes, planned as ${p.size}`);
-    const verify = new VerifyingStream({ digest: `sha256:${e.sha256}`, size: e.size });
-    await pipeline(await e.open(), verify, slotFor(d, p, e.path));
-    d.placed.add(e.path);
-  }
 }
 
 /**

@@ -62,17 +62,21 @@ export async function checkSpace(needs: SpaceNeed[]): Promise<void> {
 /**
  * The space ran out after the pre-flight check (another writer, a quota, a wrong estimate): one
  * line naming the file system, what was being written, the figures and what to do. Other errors
- * pass through unchanged.
+ * pass through unchanged. `or`: a second place the same work wrote to (the cache beside the
+ * bundle); the one with less room left is named, as the write that failed cannot say which it was.
  */
-export async function explainNoSpace(err: unknown, o: { dir: string; doing: string; flag: string; needed?: number }): Promise<unknown> {
+export async function explainNoSpace(err: unknown, o: { dir: string; doing: string; flag: string; needed?: number; or?: { dir: string; flag: string } }): Promise<unknown> {
   const code = noSpaceCode(err);
   if (!code) return err;
-  const dir = await existingAncestor(o.dir);
-  const free = await freeBytes(dir).catch(() => undefined);
+  const places = await Promise.all([o, ...(o.or ? [o.or] : [])].map(async (p) => {
+    const dir = await existingAncestor(p.dir);
+    return { dir, flag: p.flag, free: await freeBytes(dir).catch(() => undefined) };
+  }));
+  const { dir, flag, free } = places.reduce((a, b) => ((b.free ?? Infinity) < (a.free ?? Infinity) ? b : a));
   const figures = [o.needed !== undefined ? `about ${human(o.needed)} needed` : '', free !== undefined ? `${human(free)} free` : ''].filter(Boolean).join(', ');
   return new OciError(
     'TOO_LARGE',
-    `${code === 'EDQUOT' ? 'the disk quota is used up' : 'no space left'} on the file system of ${dir} (${code}) while ${o.doing}${figures ? ` (${figures})` : ''}; free some space or ${choose([o.flag])}, then run again (finished downloads are kept)`,
+    `${code === 'EDQUOT' ? 'the disk quota is used up' : 'no space left'} on the file system of ${dir} (${code}) while ${o.doing}${figures ? ` (${figures})` : ''}; free some space or ${choose([flag])}, then run again (finished downloads are kept)`,
     { cause: err },
   );
 }

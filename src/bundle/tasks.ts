@@ -51,9 +51,16 @@ export interface BundleOptions {
   toolVersion: string;
   /** The executable to carry in tool/; absent with --no-installer. */
   installer?: Installer;
-  /** Write images and artifacts straight into the bundle, not through the cache (direct.ts). */
+  /** Leave the cache out: images and artifacts go only into the bundle (direct.ts). */
   direct?: boolean;
 }
+
+/**
+ * A single-file bundle that is not a delta is written in place (direct.ts): every entry's place is
+ * fixed first and each byte goes there as it arrives (and into the cache, unless --direct). Volumes
+ * and deltas are written from the cache once it holds everything.
+ */
+export const writesInPlace = (o: BundleOptions): boolean => o.direct === true || (o.splitSize === undefined && !o.base);
 
 export interface BundleContext {
   base?: SignedManifest;
@@ -202,7 +209,7 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
           { dir: dirname(o.output), bytes: bundleBytes, what: 'bundle', flag: '--output' },
         ]);
         task.title = `${ctx.planned.length} images (${mib(imageBytes)}, ${mib(missing)} to fetch), ${ctx.objects.length} artifacts (${mib(objectBytes)})`;
-        if (o.direct) await planDirect(o, ctx);
+        if (writesInPlace(o)) await planDirect(o, ctx);
       },
     },
     {
@@ -217,11 +224,13 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
         const progress = (n: number): void => show((done += n));
         // Both run to their end, so a failure is reported the same way whichever came first
         // (images before artifacts), and what either finished stays in the cache for the re-run.
-        const [images, artifacts] = await Promise.allSettled(ctx.direct ? fetchDirect(o, ctx, progress) : fetchCached(o, ctx, imagesDir, progress));
+        const [images, artifacts] = await Promise.allSettled(ctx.direct ? fetchDirect(o, ctx, imagesDir, progress) : fetchCached(o, ctx, imagesDir, progress));
         const failed = images.status === 'rejected' ? images.reason : artifacts.status === 'rejected' ? artifacts.reason : undefined;
         if (failed !== undefined && ctx.direct) {
           await closeDirect(ctx.direct);
-          throw await explainNoSpace(failed, { dir: dirname(o.output), doing: `writing ${o.output}`, flag: '--output', needed: ctx.bundleBytes ?? 0 });
+          const cache = o.direct ? {} : { or: { dir: o.cacheDir, flag: '--cache-dir' } };
+          const doing = o.direct ? `writing ${o.output}` : `fetching into ${o.output} and the cache`;
+          throw await explainNoSpace(failed, { dir: dirname(o.output), doing, flag: '--output', needed: ctx.bundleBytes ?? 0, ...cache });
         }
         // The writer stops at the first blob that will not come; its partial file is gone before this reports.
         if (failed !== undefined) await ctx.writing?.result.catch(() => {});

@@ -57,7 +57,7 @@ export default class Bundle extends AirgapCommand {
     unsigned: Flags.boolean({ description: 'write an unsigned bundle (only for testing; install refuses it unless told)' }),
     'cache-dir': Flags.string({ description: 'content-addressed cache of images and objects', default: defaultCacheDir() }),
     direct: Flags.boolean({
-      description: 'write images and artifacts straight into the bundle, not through the cache: each byte written once (half the disk writes and space), but an interrupted run starts over and the cache keeps nothing for the next release',
+      description: 'leave the cache out: images and artifacts go only into the bundle, each byte written once (half the disk writes and space), but the cache keeps nothing for the next release',
       env: 'CARTESIA_AIRGAP_DIRECT',
       exclusive: ['split-size', 'base'],
     }),

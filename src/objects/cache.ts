@@ -2,9 +2,10 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
+import type { BlockFile } from '../util/direct-io.ts';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { openFileSlot } from '../tar/slot.ts';
+import { openFileSlot, openWholeFile } from '../tar/slot.ts';
 import { writeFileAtomic } from '../util/atomic.ts';
 import { jitteredBackoff } from '../util/backoff.ts';
 import { mapBySize } from '../util/bounded.ts';
@@ -167,9 +168,12 @@ export async function streamObject(source: ObjectSource, info: ObjectInfo, sink:
   return { kind: 'bytes', hashes: hasher.result() };
 }
 
+/** A new temp file of the cache for one object's bytes (pid first: sweepTmp removes a dead process's). */
+const tempName = (tmpDir: string) => join(tmpDir, `${process.pid}-${randomBytes(8).toString('hex')}.partial`);
+
 /** One generation into a new temp file of the cache (removed unless bytes came). */
 async function download(source: ObjectSource, info: ObjectInfo, tmpDir: string, onBytes?: (n: number) => void): Promise<Download> {
-  const tmp = join(tmpDir, `${process.pid}-${randomBytes(8).toString('hex')}.partial`);
+  const tmp = tempName(tmpDir);
   const file = await openFileSlot(tmp, info.size, gsUrl(info), { flags: 'wx' });
   try {
     const got = await streamObject(source, info, file.sink, onBytes);
@@ -182,6 +186,48 @@ async function download(source: ObjectSource, info: ObjectInfo, tmpDir: string, 
     await rm(tmp, { force: true });
     throw err;
   }
+}
+
+/** The cached copy of exactly this version, if the cache has one (its size checked, not its bytes). */
+export async function cachedObject(info: ObjectInfo, cacheDir: string): Promise<CachedObject | undefined> {
+  return reuse(info, cacheDir, false);
+}
+
+/**
+ * A cache file for an object whose bytes are verified elsewhere (a bundle fetch writing them to the
+ * bundle and here at once): `commit` with the hashes the caller checked against the store records
+ * it; `discard` removes it.
+ */
+export async function objectFile(cacheDir: string): Promise<{ file: BlockFile; commit(info: ObjectInfo, h: ObjectHashes): Promise<CachedObject>; discard(): Promise<void> }> {
+  const d = dirs(cacheDir);
+  await Promise.all([d.blobs, d.ledgers, d.tmp].map((p) => mkdir(p, { recursive: true })));
+  await sweepTmp(d.tmp);
+  const tmp = tempName(d.tmp);
+  const whole = await openWholeFile(tmp, 'wx');
+  let closed = false;
+  const close = async () => {
+    if (closed) return;
+    closed = true;
+    await whole.close();
+  };
+  return {
+    file: whole.file,
+    commit: async (info, h) => {
+      try {
+        await whole.finish();
+        await close();
+        return await commit(info, tmp, h, cacheDir);
+      } catch (err) {
+        await close();
+        await rm(tmp, { force: true });
+        throw err;
+      }
+    },
+    discard: async () => {
+      await close().catch(() => {});
+      await rm(tmp, { force: true });
+    },
+  };
 }
 
 /** Moves verified bytes to their content address and records this version in the ledger. */

@@ -31,12 +31,16 @@ export class SlotWriter extends Writable {
 
   /** Whether the bytes after the slot's end, up to the next block, may be written as zeros (tar padding). */
   readonly #pad: boolean;
+  /** A second file the same bytes go to, from its start (the cache's copy of what fills the bundle). */
+  readonly #also: BlockFile | undefined;
 
   /**
    * Fills the slot from byte `from` of the entry (an earlier attempt wrote the ones before).
    * `onWritten` hears of each piece once it is in the file (file positions; pieces in order).
+   * `slot.also`: each buffer is written there too (at the entry's own position, unpadded), from
+   * the same memory: a second copy costs a second write, not a second copy of every chunk.
    */
-  constructor(file: BlockFile, slot: { offset: number; size: number; what: string; pad?: boolean }, from = 0, onWritten?: (start: number, end: number) => void) {
+  constructor(file: BlockFile, slot: { offset: number; size: number; what: string; pad?: boolean; also?: BlockFile }, from = 0, onWritten?: (start: number, end: number) => void) {
     // Our own buffers do the batching; the stream's queue only has to keep the pipe moving.
     super({ highWaterMark: 64 * 1024 });
     this.#file = file;
@@ -44,6 +48,7 @@ export class SlotWriter extends Writable {
     this.#offset = slot.offset;
     this.#size = slot.size;
     this.#pad = slot.pad ?? true;
+    this.#also = slot.also;
     this.#what = slot.what;
     this.#accepted = from;
     this.#written = from;
@@ -98,7 +103,9 @@ export class SlotWriter extends Writable {
     const at = this.#offset + this.#written;
     // The padding after the entry's last byte is the tar's, zeros: the last block may be written whole.
     const padTo = this.#pad ? this.#offset + Math.ceil(this.#size / BLOCK) * BLOCK : undefined;
-    this.#pending = this.#file.write(buf, length, at, padTo).then(() => {
+    // Padding zeros land in the buffer past `length` only: the second write never reads them.
+    const writes = [this.#file.write(buf, length, at, padTo), ...(this.#also ? [this.#also.write(buf, length, this.#written)] : [])];
+    this.#pending = Promise.all(writes).then(() => {
       this.#written += length;
       this.#onWritten?.(at, at + length);
     });
@@ -108,14 +115,14 @@ export class SlotWriter extends Writable {
 }
 
 /**
- * A whole file as one slot (a cached blob or object being downloaded): written around the page
+ * A whole file written at positions (a cached blob or object being downloaded): around the page
  * cache like the bundle (on the test VM buffered writes cost 4 CPU s per GiB, direct ones 0.25),
  * except its last partial block, which goes through the page cache: padding it would leave the
  * file longer than its bytes until cut back, and a kill in between would leave a partial that is
  * not a prefix of the blob. `finish` fsyncs it; `close` closes it either way.
  */
-export async function openFileSlot(path: string, size: number, what: string, opts: { flags: 'w' | 'wx' | 'r+'; from?: number }): Promise<{ sink: SlotWriter; finish(): Promise<void>; close(): Promise<void> }> {
-  const fh = await open(path, opts.flags);
+export async function openWholeFile(path: string, flags: 'w' | 'wx' | 'r+'): Promise<{ file: BlockFile; finish(): Promise<void>; close(): Promise<void> }> {
+  const fh = await open(path, flags);
   let file: BlockFile;
   try {
     file = await BlockFile.open(fh, path);
@@ -123,13 +130,18 @@ export async function openFileSlot(path: string, size: number, what: string, opt
     await fh.close();
     throw err;
   }
-  const sink = new SlotWriter(file, { offset: 0, size, what, pad: false }, opts.from ?? 0);
   return {
-    sink,
+    file,
     finish: () => fh.sync(),
     close: async () => {
       await file.close();
       await fh.close().catch(() => {}); // the first error is the one to report
     },
   };
+}
+
+/** A whole file (openWholeFile) as one slot, filled from byte `from`. */
+export async function openFileSlot(path: string, size: number, what: string, opts: { flags: 'w' | 'wx' | 'r+'; from?: number }): Promise<{ sink: SlotWriter; finish(): Promise<void>; close(): Promise<void> }> {
+  const whole = await openWholeFile(path, opts.flags);
+  return { ...whole, sink: new SlotWriter(whole.file, { offset: 0, size, what, pad: false }, opts.from ?? 0) };
 }

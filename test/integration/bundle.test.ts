@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Storage } from '@google-cloud/storage';
 import { beforeAll, describe, expect, inject, it } from 'vitest';
@@ -77,6 +77,27 @@ describe('bundle: the synthetic release, checked by independent tools', () => {
     expect(warm.r.code, warm.r.stderr).toBe(0);
     expect(warm.summary!.transferred).toEqual({ release: 0, images: 0, artifacts: 0 });
     expect(warm.summary!.sha256).toBe(first.sha256);
+  });
+
+  it('a damaged copy in the cache (same size, other bytes) is fetched again, never carried', async () => {
+    const cache = join(work, 'cache2');
+    const dir = join(cache, 'images', 'blobs', 'sha256');
+    const files = await Promise.all((await readdir(dir)).map(async (f) => ({ path: join(dir, f), size: (await stat(join(dir, f))).size })));
+    const blob = files.sort((a, b) => b.size - a.size)[0]!;
+    // A customer artifact (the release archive is cached there too, and checked by its own SHA256SUMS).
+    const artifact = fixture.objects.filter((o) => o.bucket === `cartesia-${fixture.customer}`).sort((a, b) => b.size - a.size)[0]!;
+    const object = { path: join(cache, 'objects', 'sha256', artifact.sha256), size: artifact.size };
+    for (const f of [blob, object]) {
+      const bytes = await readFile(f.path);
+      bytes[0] = bytes[0]! ^ 0xff;
+      await writeFile(f.path, bytes);
+    }
+    const { r, summary } = await bundle(join(work, 'four.tar'), ['--customer', fixture.customer, '--signing-key', join(keys, 'bundle.key'), '--cache-dir', cache, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(summary!.sha256).toBe(first.sha256);
+    expect(summary!.transferred).toEqual({ release: 0, images: blob.size, artifacts: object.size });
+    // Both fetched into the cache again, whole.
+    for (const f of [blob, object]) expect(sha256(await readFile(f.path)), f.path).toBe(f.path.split('/').at(-1));
   });
 
   it('a re-run onto its own output writes nothing; a different bundle or a non-bundle there is refused', async () => {

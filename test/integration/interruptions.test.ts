@@ -57,8 +57,8 @@ const INSTALL_PHASES: Phase[] = [
 const PHASE_TEXT: Record<string, string> = {
   'bundle release': 'release fetch and SHA256SUMS check',
   'bundle plan': 'planning (manifests, space check)',
-  'bundle fetch': 'image pulls and artifact downloads into the cache (side by side); once the artifacts are in, signing and the tar written behind the image pulls',
-  'bundle write': 'the rest of the tar, its fsync and the rename',
+  'bundle fetch': 'image pulls and artifact downloads (side by side), each into its place in the bundle and into the cache; once the artifacts are in, bundle.json signed and written',
+  'bundle write': 'the rest of the whole-file hash, the fsync and the rename',
   'bundle done': 'after the bundle was complete (renamed)',
   'install plan': 'signature check and asking the target what it holds',
   'install verify': 'verification',
@@ -82,11 +82,12 @@ const bundleScenarios: Spec[][] = [
   [file('fetch', 'ingest', 'partial blob in the cache', upTo(6))],
   [time('fetch')],
   [file('fetch', 'tmp', 'object download', upTo(10))],
-  // The writer follows the fetch: its .partial file appears once the artifacts are in.
-  [file('fetch', 'out', 'bundle .partial file', 1, /\.partial$/)],
+  // The bundle is written in place: its .partial file appears, at its full size, once the plan is made.
+  [file('plan', 'out', 'bundle .partial file', 1, /\.partial$/)],
   [time('write')],
   [time('write')],
-  [time('fetch'), file('fetch', 'out', 'bundle .partial file', 1, /\.partial$/)],
+  // The re-run of a kill mid-fetch, killed mid-fetch itself: it resumes from the partial bundle again.
+  [time('fetch'), time('fetch')],
 ];
 const installScenarios: Spec[][] = [
   [time('verify')],
@@ -219,7 +220,8 @@ describe(`bundle killed with SIGKILL at ${sum(bundleScenarios.map((c) => c.lengt
       const objects = await checkObjectCache(d.cache, want);
       const out = await readdir(d.out);
       const final = out.includes('bundle.tar') && (await fileSha(d.bundle)) !== clean.sha256 ? ['bundle.tar is under its final name but differs from the clean bundle'] : [];
-      const stray = out.filter((n) => n !== 'bundle.tar' && n !== 'bundle.tar.partial').map((n) => `unexpected ${n} next to the bundle`);
+      // The partial bundle and its record of whole entries are what a re-run resumes from.
+      const stray = out.filter((n) => !['bundle.tar', 'bundle.tar.partial', 'bundle.tar.partial.done'].includes(n)).map((n) => `unexpected ${n} next to the bundle`);
       return { problems: [...layout.problems, ...objects.problems, ...final, ...stray], layout, objects, complete: out.includes('bundle.tar') };
     };
     const { state: d, landed, attempts, last, used } = await killChain('bundle', chain, {
@@ -357,7 +359,7 @@ describe.skipIf(noTmpfs)(`bundle on a full disk${noTmpfs ? ` (skipped: ${noTmpfs
       expect(errors, r.stderr).toHaveLength(1);
       expect(errors[0]).toMatch(o.error(mnt, out));
       expect(await readdir(dirname(out))).not.toContain('bundle.tar');
-      expect(await readdir(dirname(out))).not.toContain('bundle.tar.partial');
+      // bundle.tar.partial may stay: the re-run resumes from it.
       const layout = await checkLayout(join(cache, 'images'), clean.cacheImages);
       const objects = await checkObjectCache(cache, want);
       expect([...layout.problems, ...objects.problems]).toEqual([]);
@@ -383,12 +385,12 @@ describe.skipIf(noTmpfs)(`bundle on a full disk${noTmpfs ? ` (skipped: ${noTmpfs
   it('output: refused by the space check, before any image is fetched', () =>
     full('`--output` on a 512 KiB tmpfs (pre-flight)', { onTmpfs: 'output', size: '512k', error: (mnt) => new RegExp(`^Error: not enough space on the file system of ${mnt}: ${human} needed \\(bundle ${human}\\), ${human} free; free some space or choose another --output$`) }));
 
-  it('output: the disk fills after the check, while the tar is written', () =>
-    full('`--output` on a 4 MiB tmpfs filled to 256 KiB free after the check (mid-write)', { onTmpfs: 'output', size: '4m', fillAfterCheck: 256 << 10, error: (mnt, out) => new RegExp(`^Error: no space left on the file system of ${mnt} \\(ENOSPC\\) while writing ${out} \\(about ${human} needed, ${human} free\\); free some space or choose another --output, then run again \\(finished downloads are kept\\)$`) }));
+  it('output: the disk fills after the check, while the bundle is filled', () =>
+    full('`--output` on a 4 MiB tmpfs filled to 256 KiB free after the check (mid-write)', { onTmpfs: 'output', size: '4m', fillAfterCheck: 256 << 10, error: (mnt, out) => new RegExp(`^Error: no space left on the file system of ${mnt} \\(ENOSPC\\) while fetching into ${out} and the cache \\(about ${human} needed, ${human} free\\); free some space or choose another --output, then run again \\(finished downloads are kept\\)$`) }));
 
   it('cache: refused by the space check', () =>
     full('`--cache-dir` on a 512 KiB tmpfs (pre-flight)', { onTmpfs: 'cache', size: '512k', error: (mnt) => new RegExp(`^Error: not enough space on the file system of ${mnt}/cache: ${human} needed \\(cache ${human}\\), ${human} free; free some space or choose another --cache-dir$`) }));
 
   it('cache: the disk fills after the check, while images are fetched', () =>
-    full('`--cache-dir` on a 4 MiB tmpfs filled to 200 KiB free after the check (mid-fetch)', { onTmpfs: 'cache', size: '4m', fillAfterCheck: 200 << 10, error: (mnt) => new RegExp(`^Error: no space left on the file system of ${mnt}/cache/images \\(ENOSPC\\) while fetching the images into the cache \\(about ${human} needed, ${human} free\\); free some space or choose another --cache-dir, then run again \\(finished downloads are kept\\)$`) }));
+    full('`--cache-dir` on a 4 MiB tmpfs filled to 200 KiB free after the check (mid-fetch)', { onTmpfs: 'cache', size: '4m', fillAfterCheck: 200 << 10, error: (mnt, out) => new RegExp(`^Error: no space left on the file system of ${mnt}/cache \\(ENOSPC\\) while fetching into ${out} and the cache \\(about ${human} needed, ${human} free\\); free some space or choose another --cache-dir, then run again \\(finished downloads are kept\\)$`) }));
 });

@@ -46,6 +46,24 @@ describe('SlotWriter: one entry filled in place', () => {
     expect(all.subarray(a.length, a.length + b.length).equals(b)).toBe(true);
   });
 
+  it('`also`: the same bytes go to a second file from its start, unpadded, while the slot gets its padding', async () => {
+    const tar = await file(4 << 20);
+    const copy = await file(0);
+    const data = randomBytes(2.5 * 2 ** 20 + 17);
+    // Around the page cache where the file system allows it: the padded last block is written whole
+    // from the same buffer the second write reads.
+    const [t, c] = await Promise.all([BlockFile.open(tar.fh, tar.path), BlockFile.open(copy.fh, copy.path)]);
+    await tar.fh.write(Buffer.alloc(600, 0xaa), 0, 600, 1024 + data.length); // what follows the entry in the tar
+    await pipeline(Readable.from(chunks(data, [65536, 1, 16384, 300000])), new SlotWriter(t, { offset: 1024, size: data.length, what: 'x', also: c }));
+    await Promise.all([t.close(), c.close()]);
+    await Promise.all([tar.fh.close(), copy.fh.close()]);
+    expect((await readFile(copy.path)).equals(data)).toBe(true);
+    const all = await readFile(tar.path);
+    expect(all.subarray(1024, 1024 + data.length).equals(data)).toBe(true);
+    const padEnd = 1024 + Math.ceil(data.length / 512) * 512;
+    expect(all.subarray(1024 + data.length, padEnd).every((x) => x === 0)).toBe(true);
+  });
+
   it('refuses a byte beyond the slot, naming the entry, and never writes it', async () => {
     const { path, fh } = await file(100);
     const data = randomBytes(60);

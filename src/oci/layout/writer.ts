@@ -4,7 +4,8 @@ import { mkdir, readFile, rename, rm, rmdir, stat, writeFile } from 'node:fs/pro
 import { join } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { openFileSlot } from '../../tar/slot.ts';
+import { openFileSlot, openWholeFile } from '../../tar/slot.ts';
+import type { BlockFile } from '../../util/direct-io.ts';
 import { writeFileAtomic } from '../../util/atomic.ts';
 import { isNoSpace } from '../../util/errors.ts';
 import { isAlive } from '../../util/process.ts';
@@ -157,6 +158,36 @@ export class LayoutDirectory extends LayoutReader implements WriteTarget {
         if ((!resumable && !badPartial) || attempt >= ATTEMPTS) throw err;
       }
     }
+  }
+
+  /** Bytes of the blob an interrupted write left in the ingest directory (0: none). */
+  async partialSize(desc: Descriptor): Promise<number> {
+    return (await stat(join(this.dir, INGEST_DIR, digestHex(desc.digest))).catch(() => undefined))?.size ?? 0;
+  }
+
+  /**
+   * A blob's file for bytes that are verified elsewhere (a bundle fetch writing them to the bundle
+   * and here at once): `commit` once the caller has checked the whole blob, which moves it into
+   * `blobs/`; `discard` otherwise. undefined when the blob is here already or being written.
+   */
+  async ingestFile(desc: Descriptor): Promise<{ file: BlockFile; commit(): Promise<void>; discard(): Promise<void> } | undefined> {
+    if (this.#inflight.has(desc.digest) || (await this.hasBlob(desc))) return undefined;
+    await this.#init();
+    const partial = join(this.dir, INGEST_DIR, digestHex(desc.digest));
+    const file = await openWholeFile(partial, 'w');
+    let settled = false;
+    const settle = async (keep: boolean) => {
+      if (settled) return;
+      settled = true;
+      try {
+        if (keep) await file.finish();
+      } finally {
+        await file.close();
+      }
+      if (keep) await rename(partial, this.#final(desc.digest));
+      else await rm(partial, { force: true });
+    };
+    return { file: file.file, commit: () => settle(true), discard: () => settle(false).catch(() => {}) };
   }
 
   async pushManifest(desc: Descriptor, bytes: Buffer): Promise<void> {
