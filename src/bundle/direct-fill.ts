@@ -103,7 +103,7 @@ export class BundleSlots implements WriteTarget {
     for (let attempt = 1; ; attempt++) {
       // After a dropped connection: the bytes that reached the file are hashed again, the rest asked for.
       const hash = await this.#d.file.hashRange(createHash('sha256'), place.offset, have);
-      // Only a read from the first byte feeds the cache; after a retry the blob is left for the next run to cache.
+      // A read from the first byte feeds the cache as it goes; after a retry, see below.
       const copy = have === 0 && cache ? await cache.ingestFile(desc) : undefined;
       const slot = slotFor(this.#d, place, `blob ${desc.digest}`, have, copy?.file);
       try {
@@ -119,6 +119,9 @@ export class BundleSlots implements WriteTarget {
         await copy?.commit();
         await landed(this.#d, path, digestHex(desc.digest));
         this.#stored.add(desc.digest);
+        // Fetched in pieces after a dropped connection, so not through the cache: copied there from
+        // the bundle instead (checked again by the cache), not downloaded a second time.
+        if (cache && !copy) await cache.pushBlob(desc, async (offset) => createReadStream(this.#d.partial, { start: place.offset + offset, end: place.offset + place.size - 1, highWaterMark: ENTRY_HIGH_WATER_MARK }));
         return { how: 'uploaded', bytesTransferred };
       } catch (err) {
         await copy?.discard();

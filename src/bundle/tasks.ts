@@ -265,7 +265,7 @@ export function bundleTasks(o: BundleOptions): ListrTask<BundleContext>[] {
 }
 
 /**
- * The cached fetch: [images, artifacts], side by side. A single-file bundle's writer starts as
+ * The cached fetch of volumes and deltas: [images, artifacts], side by side. A single-file delta's writer starts as
  * soon as the artifacts (which bundle.json lists) are in and follows the images as they land
  * (ctx.writing); until then the images get one lane, so the artifacts go first. Volumes are
  * written after the fetch.

@@ -15,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startFaultProxy, type FaultProxy, type FaultRule, type Injected } from '../testbed/fault-proxy.ts';
+import { run } from '../testbed/run.ts';
 import { runCli, type CliResult } from './cli.ts';
 import { authFile, sha256, skopeo } from './helpers.ts';
 import { installArgs, installEnv, objectsIn, s3 } from './install-target.ts';
@@ -155,10 +156,16 @@ function arm(plan: Plan, servers: readonly Server[]): void {
 async function faultedBundle(plan: Plan, extraEnv: NodeJS.ProcessEnv = {}): Promise<string> {
   arm(plan, SIDE.bundle);
   const file = join(work, `bundle-${randomBytes(3).toString('hex')}.tar`);
-  const r = await runCli(bundleArgs(file, join(work, `cache-${randomBytes(3).toString('hex')}`)), { env: { ...env, ...extraEnv } });
+  const cache = join(work, `cache-${randomBytes(3).toString('hex')}`);
+  const r = await runCli(bundleArgs(file, cache), { env: { ...env, ...extraEnv } });
   expect(r.code, r.stderr).toBe(0);
   expect(sha256(await readFile(file))).toBe(cleanBundle.sha256);
-  return 'bundle exit 0; sha256 identical to the clean bundle';
+  // The cache learned every image blob and artifact, whole, however the fetch of each went.
+  const blobs = (await run('tar', ['-tf', file])).split('\n').filter((n) => n.startsWith('images/blobs/sha256/'));
+  expect(blobs.length).toBeGreaterThan(0);
+  for (const n of blobs) expect(sha256(await readFile(join(cache, n))), n).toBe(n.split('/').at(-1));
+  for (const o of customer) expect(sha256(await readFile(join(cache, 'objects', 'sha256', o.sha256))), o.key).toBe(o.sha256);
+  return 'bundle exit 0; sha256 identical to the clean bundle; every image blob and artifact whole in the cache';
 }
 
 /** Runs `install` of the clean bundle under `plan` into a fresh prefix and bucket; they must match the clean install. */
