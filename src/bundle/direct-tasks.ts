@@ -1,7 +1,7 @@
-/** The steps of `bundle --direct` (direct.ts) as the bundle phases call them. */
+/** The steps of a bundle written in place (direct.ts), with the cache or `--direct`, as the bundle phases call them. */
 import { rm, stat } from 'node:fs/promises';
-import { LayoutDirectory } from '../oci/layout/writer.ts';
 import pLimit from 'p-limit';
+import { LayoutDirectory } from '../oci/layout/writer.ts';
 import { mapBounded, mapBySize } from '../util/bounded.ts';
 import { SMALL_LANES, SMALL_OBJECT } from '../objects/cache.ts';
 import { digestHex } from '../oci/digest.ts';
