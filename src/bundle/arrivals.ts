@@ -1,7 +1,8 @@
 /**
- * The cached bundle's writer follows its fetch: image blobs land in the cache in file order, and
- * the writer, started once the artifacts (which bundle.json lists) are in, waits at each blob only
- * until it has landed. The tar is then written while the fetch runs, not after it.
+ * A single-file delta is written from the cache, and its writer follows the fetch: image blobs land
+ * in the cache in file order, and the writer, started once the artifacts (which bundle.json lists)
+ * are in, waits at each blob only until it has landed. The tar is then written while the fetch
+ * runs, not after it. (Other single-file bundles are written in place: direct.ts.)
  */
 import type { LimitFunction } from 'p-limit';
 import { mapBounded } from '../util/bounded.ts';

@@ -1,7 +1,8 @@
 /**
  * What a bundle carries, in tar order, and its bundle.json before the entries are listed: one
- * function for the cached bundle (artifacts from the cache) and the direct one (artifacts planned
- * from the bucket listing, their sha256 filled in as they arrive).
+ * function for volumes and deltas (written from the cache: artifacts from the cache) and the bundle
+ * written in place (direct.ts: artifacts planned from the bucket listing, their sha256 filled in
+ * as they arrive).
  */
 import { join } from 'node:path';
 import { OciError } from '../oci/errors.ts';
@@ -22,10 +23,10 @@ export function bundleDate(release: ResolvedRelease): Date {
   return release.date;
 }
 
-/** An artifact as the bundle records it: from the cache (with its file), or planned for a direct bundle (sha256 filled in as it arrives). */
+/** An artifact as the bundle records it: from the cache (with its file), or planned for a bundle written in place (sha256 filled in as it arrives). */
 export type CarriedObject = ObjectInfo & { sha256: string; path?: string; fetched?: boolean };
 
-/** The bundle's content in tar order and its bundle.json without entries: the same for a cached and a direct bundle. */
+/** The bundle's content in tar order and its bundle.json without entries: the same however it is written. */
 export async function bundleContent(o: BundleOptions, ctx: BundleContext, objects: readonly CarriedObject[], arrivals?: Arrivals): Promise<{ entries: EntrySource[]; manifest: Omit<BundleManifest, 'entries' | 'signer'>; mtime: Date }> {
   const release = ctx.release!;
   const releaseEntries: EntrySource[] = [
@@ -72,7 +73,7 @@ export async function bundleContent(o: BundleOptions, ctx: BundleContext, object
 
 const verifiedNow = async () => ({ verified: true });
 
-/** An artifact a direct bundle writes as it arrives: it has no other source to open. */
+/** An artifact a bundle written in place takes as it arrives: it has no other source to open. */
 const slotEntry = (a: BundleArtifact): EntrySource => ({
   path: a.path,
   size: a.size,

@@ -76,7 +76,7 @@ export interface BundleContext {
   imageBytesMissing?: number;
   bundleBytes?: number;
   result?: WriteBundleResult;
-  /** A direct bundle's open file, and its artifacts (sha256 filled in as each arrives). */
+  /** The open file of a bundle written in place, and its artifacts (sha256 filled in as each arrives). */
   direct?: DirectBundle;
   carried?: CarriedObject[];
   /** A cached single-file bundle being written while the images arrive; `progress` set by the write phase. */
