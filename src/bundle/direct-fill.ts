@@ -89,10 +89,14 @@ export class BundleSlots implements WriteTarget {
     const path = `images/${blobPath(desc.digest)}`;
     const cache = this.#cache;
     let bytesTransferred = 0;
+    let cached = cache ? await cache.hasBlob(desc) : false;
     // Part of it left in the cache by an interrupted run: finished there (resumed with Range, and
     // started over if that part proves bad), then copied like any cached blob.
-    if (cache && !(await cache.hasBlob(desc)) && (await cache.partialSize(desc)) > 0) bytesTransferred = (await cache.pushBlob(desc, open, onBytes ? { onBytes } : {})).bytesTransferred;
-    if (cache && (await cache.hasBlob(desc))) {
+    if (cache && !cached && (await cache.partialSize(desc)) > 0) {
+      bytesTransferred = (await cache.pushBlob(desc, open, onBytes ? { onBytes } : {})).bytesTransferred;
+      cached = true;
+    }
+    if (cache && cached) {
       if (await copyCached(this.#d, place, path, () => cache.openBlob(desc, 0), digestHex(desc.digest))) {
         this.#stored.add(desc.digest);
         return { how: bytesTransferred > 0 ? 'uploaded' : 'existed', bytesTransferred };
@@ -100,11 +104,13 @@ export class BundleSlots implements WriteTarget {
       await rm(join(cache.dir, blobPath(desc.digest)), { force: true }); // damaged: fetched again below
     }
     let have = 0;
+    let copy: Awaited<ReturnType<LayoutDirectory['ingestFile']>>;
+    // Only the transfer is retried; what follows it (the cache's rename, the journal) is not a network step.
     for (let attempt = 1; ; attempt++) {
       // After a dropped connection: the bytes that reached the file are hashed again, the rest asked for.
       const hash = await this.#d.file.hashRange(createHash('sha256'), place.offset, have);
       // A read from the first byte feeds the cache as it goes; after a retry, see below.
-      const copy = have === 0 && cache ? await cache.ingestFile(desc) : undefined;
+      copy = have === 0 && cache ? await cache.ingestFile(desc) : undefined;
       const slot = slotFor(this.#d, place, `blob ${desc.digest}`, have, copy?.file);
       try {
         let position = have;
@@ -116,13 +122,7 @@ export class BundleSlots implements WriteTarget {
           },
         });
         await pipeline(await open(have), count, new VerifyingStream(desc, { hash, bytes: have }), slot);
-        await copy?.commit();
-        await landed(this.#d, path, digestHex(desc.digest));
-        this.#stored.add(desc.digest);
-        // Fetched in pieces after a dropped connection, so not through the cache: copied there from
-        // the bundle instead (checked again by the cache), not downloaded a second time.
-        if (cache && !copy) await cache.pushBlob(desc, async (offset) => createReadStream(this.#d.partial, { start: place.offset + offset, end: place.offset + place.size - 1, highWaterMark: ENTRY_HIGH_WATER_MARK }));
-        return { how: 'uploaded', bytesTransferred };
+        break;
       } catch (err) {
         await copy?.discard();
         const resumable = err instanceof OciError ? err.retryable : true;
@@ -130,6 +130,13 @@ export class BundleSlots implements WriteTarget {
         have = slot.written;
       }
     }
+    await copy?.commit();
+    await landed(this.#d, path, digestHex(desc.digest));
+    this.#stored.add(desc.digest);
+    // Fetched in pieces after a dropped connection, so not through the cache: copied there from the
+    // bundle instead (checked again by the cache), not downloaded a second time.
+    if (cache && !copy) await cache.pushBlob(desc, async (offset) => createReadStream(this.#d.partial, { start: place.offset + offset, end: place.offset + place.size - 1, highWaterMark: ENTRY_HIGH_WATER_MARK }));
+    return { how: 'uploaded', bytesTransferred };
   }
 
   async pushManifest(desc: Descriptor, bytes: Buffer): Promise<void> {

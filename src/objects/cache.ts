@@ -204,29 +204,23 @@ export async function objectFile(cacheDir: string): Promise<{ file: BlockFile; c
   await sweepTmp(d.tmp);
   const tmp = tempName(d.tmp);
   const whole = await openWholeFile(tmp, 'wx');
-  let closed = false;
-  const close = async () => {
-    if (closed) return;
-    closed = true;
+  const discard = async () => {
     await whole.close();
+    await rm(tmp, { force: true });
   };
   return {
     file: whole.file,
     commit: async (info, h) => {
       try {
         await whole.finish();
-        await close();
+        await whole.close();
         return await commit(info, tmp, h, cacheDir);
       } catch (err) {
-        await close();
-        await rm(tmp, { force: true });
+        await discard();
         throw err;
       }
     },
-    discard: async () => {
-      await close().catch(() => {});
-      await rm(tmp, { force: true });
-    },
+    discard,
   };
 }
 

@@ -119,7 +119,8 @@ export class SlotWriter extends Writable {
  * cache like the bundle (on the test VM buffered writes cost 4 CPU s per GiB, direct ones 0.25),
  * except its last partial block, which goes through the page cache: padding it would leave the
  * file longer than its bytes until cut back, and a kill in between would leave a partial that is
- * not a prefix of the blob. `finish` fsyncs it; `close` closes it either way.
+ * not a prefix of the blob. `finish` fsyncs it; `close` closes it either way, never fails, and may
+ * be called again.
  */
 export async function openWholeFile(path: string, flags: 'w' | 'wx' | 'r+'): Promise<{ file: BlockFile; finish(): Promise<void>; close(): Promise<void> }> {
   const fh = await open(path, flags);

@@ -175,19 +175,21 @@ export class LayoutDirectory extends LayoutReader implements WriteTarget {
     await this.#init();
     const partial = join(this.dir, INGEST_DIR, digestHex(desc.digest));
     const file = await openWholeFile(partial, 'w');
-    let settled = false;
-    const settle = async (keep: boolean) => {
-      if (settled) return;
-      settled = true;
-      try {
-        if (keep) await file.finish();
-      } finally {
+    return {
+      file: file.file,
+      commit: async () => {
+        try {
+          await file.finish();
+        } finally {
+          await file.close();
+        }
+        await rename(partial, this.#final(desc.digest));
+      },
+      discard: async () => {
         await file.close();
-      }
-      if (keep) await rename(partial, this.#final(desc.digest));
-      else await rm(partial, { force: true });
+        await rm(partial, { force: true });
+      },
     };
-    return { file: file.file, commit: () => settle(true), discard: () => settle(false).catch(() => {}) };
   }
 
   async pushManifest(desc: Descriptor, bytes: Buffer): Promise<void> {
