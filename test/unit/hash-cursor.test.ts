@@ -15,11 +15,12 @@ const tick = () => new Promise((r) => setTimeout(r, 20));
 
 describe('HashCursor: the whole-file sha256 of a file filled out of order', () => {
   it('hashes in file order however the ranges land, and waits at a gap until it is filled', async () => {
-    const data = randomBytes(3 * 2 ** 20 + 4096);
+    // Long enough that one tile spans several of the hashing thread's 4 MiB reads.
+    const data = randomBytes(9 * 2 ** 20 + 4096);
     const { fh, file } = await blockFile(data.length);
     const cursor = new HashCursor(file, data.length);
     // Tiles of uneven size, landed last-first, with the first one held back.
-    const cuts = [0, 512, 1_049_088, 1_050_112, 3 * 2 ** 20, data.length];
+    const cuts = [0, 512, 1_049_088, 1_050_112, 9 * 2 ** 20, data.length];
     const tiles = cuts.slice(1).map((end, i) => [cuts[i]!, end] as const);
     for (const [start, end] of tiles.slice(1).reverse()) {
       await fh.write(data, start, end - start, start);
