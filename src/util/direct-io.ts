@@ -28,7 +28,10 @@ export const BLOCK = 512;
 export const DIRECT_BUFFER = 1 << 20;
 
 const free: Buffer[] = [];
+/** Buffers that start on a page: whole ones can be written direct. */
 const aligned = new WeakSet<Buffer>();
+/** The pool's buffers: only these go back to it. */
+const pooled = new WeakSet<Buffer>();
 /** Memories that start on a page: a view into one at a block offset can take a direct read. */
 const alignedMemory = new WeakSet<ArrayBufferLike>();
 
@@ -41,10 +44,23 @@ export function takeBuffer(): Buffer {
     for (let at = 0; at < memory.buffer.byteLength; at += DIRECT_BUFFER) {
       const b = Buffer.from(memory.buffer, at, DIRECT_BUFFER);
       aligned.add(b);
+      pooled.add(b);
       free.push(b);
     }
   }
   return free.pop()!;
+}
+
+/**
+ * A page-aligned buffer of `size` bytes (a multiple of 64 KiB) of its own, outside the pool: for a
+ * reader that wants larger direct reads than the pool's 1 MiB. Freed when no longer referenced.
+ */
+export function alignedBuffer(size: number): Buffer {
+  const memory = new WebAssembly.Memory({ initial: size / 65536 });
+  alignedMemory.add(memory.buffer);
+  const b = Buffer.from(memory.buffer);
+  aligned.add(b);
+  return b;
 }
 
 /** A page-aligned SharedArrayBuffer of `size` bytes (a multiple of 64 KiB) and a Buffer over it, for a worker to read too. */
@@ -58,7 +74,7 @@ export function sharedBuffer(size: number): { shared: SharedArrayBuffer; buf: Bu
 }
 
 export function releaseBuffer(b: Buffer): void {
-  if (aligned.has(b)) free.push(b);
+  if (pooled.has(b)) free.push(b); // a buffer of its own (alignedBuffer, sharedBuffer) is left to the collector
 }
 
 const roundUp = (n: number) => Math.ceil(n / BLOCK) * BLOCK;

@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { openFileSlot } from '../../src/tar/slot.ts';
-import { BlockFile, DIRECT_BUFFER, DirectReader, releaseBuffer, takeBuffer } from '../../src/util/direct-io.ts';
+import { alignedBuffer, BlockFile, DIRECT_BUFFER, DirectReader, releaseBuffer, sharedBuffer, takeBuffer } from '../../src/util/direct-io.ts';
 import { scratchFiles } from '../fixtures/scratch-file.ts';
 
 const scratch = scratchFiles('direct-io-');
@@ -31,6 +31,16 @@ describe('pooled buffers', () => {
     releaseBuffer(a);
     expect(takeBuffer()).toBe(a);
     releaseBuffer(a);
+  });
+
+  it('take back only their own: a buffer of another size given back is not handed out as a 1 MiB one', () => {
+    for (const other of [alignedBuffer(4 * DIRECT_BUFFER), sharedBuffer(2 * DIRECT_BUFFER).buf]) {
+      releaseBuffer(other);
+      const next = takeBuffer();
+      expect(next).not.toBe(other);
+      expect(next.length).toBe(DIRECT_BUFFER);
+      releaseBuffer(next);
+    }
   });
 });
 

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { BlockFile, DirectReader } from '../../src/util/direct-io.ts';
+import { BlockFile, DIRECT_BUFFER, DirectReader } from '../../src/util/direct-io.ts';
 import { RANGE_CHUNK, RangeReader } from '../../src/util/read-range.ts';
 
 const data = randomBytes(3 * RANGE_CHUNK + 123);
@@ -18,13 +18,15 @@ beforeAll(async () => {
 });
 afterAll(() => rm(dir, { recursive: true, force: true }));
 
-/** What `read` hands over, copied (the reader reuses its buffers). */
-async function collect(start: number, length: number): Promise<{ n: number; bytes: Buffer; chunks: number }> {
-  const fh = await DirectReader.open(file, false);
+/** What `read` hands over, copied (the reader reuses its buffers); around the page cache when `direct`. */
+async function collect(start: number, length: number, direct = false): Promise<{ n: number; bytes: Buffer; chunks: number; largest: number; chunkSize: number; direct: boolean }> {
+  const fh = await DirectReader.open(file, direct);
   try {
     const parts: Buffer[] = [];
-    const n = await new RangeReader(fh).read(start, length, (c) => parts.push(Buffer.from(c)));
-    return { n, bytes: Buffer.concat(parts), chunks: parts.length };
+    const reader = new RangeReader(fh);
+    const n = await reader.read(start, length, (c) => parts.push(Buffer.from(c)));
+    reader.release();
+    return { n, bytes: Buffer.concat(parts), chunks: parts.length, largest: Math.max(0, ...parts.map((p) => p.length)), chunkSize: reader.chunkSize, direct: fh.direct };
   } finally {
     await fh.close();
   }
@@ -37,11 +39,16 @@ describe('RangeReader', () => {
     [0, RANGE_CHUNK],
     [17, RANGE_CHUNK + 1],
     [RANGE_CHUNK - 3, 2 * RANGE_CHUNK + 100],
-  ])('reads %i + %i bytes exactly, in chunks of at most RANGE_CHUNK', async (start, length) => {
-    const r = await collect(start, length);
-    expect(r.n).toBe(length);
-    expect(r.bytes.equals(data.subarray(start, start + length))).toBe(true);
-    expect(r.chunks).toBe(Math.ceil(length / RANGE_CHUNK));
+  ])('reads %i + %i bytes exactly, through the page cache in 1 MiB chunks and around it in 4 MiB ones', async (start, length) => {
+    for (const direct of [false, true]) {
+      const r = await collect(start, length, direct);
+      expect(r.n).toBe(length);
+      expect(r.bytes.equals(data.subarray(start, start + length))).toBe(true);
+      // Around the page cache only where the file system allows O_DIRECT (tmpfs does not).
+      expect(r.chunkSize).toBe(r.direct ? RANGE_CHUNK : DIRECT_BUFFER);
+      expect(r.chunks).toBe(Math.ceil(length / r.chunkSize));
+      expect(r.largest).toBe(Math.min(length, r.chunkSize));
+    }
   });
 
   it('stops at the end of the file and says how much it read', async () => {
@@ -83,7 +90,7 @@ describe('RangeReader', () => {
       await reader.close();
     }
     // Where the file system takes O_DIRECT (not tmpfs), only the unaligned read (and the kernel's
-    // read-ahead after it, up to 128 KiB) went through the cache: a buffered pass caches all 3 MiB.
+    // read-ahead after it, up to 128 KiB) went through the cache: a buffered pass caches all of it.
     if (reader.direct) expect(Number(execFileSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', path], { encoding: 'utf8' }).trim())).toBeLessThan(blocks.length / 8);
   });
 });
