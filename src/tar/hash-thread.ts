@@ -29,7 +29,7 @@ parentPort.on('message', (m) => {
 // Four 4 MiB reads in flight, hashed in order. Around the page cache (O_DIRECT, into page-aligned
 // WebAssembly memory) where the file was written that way and the offset allows; through it
 // otherwise. 4 MiB, not 1: on the test VM sha256 of what O_DIRECT had just read ran at 1.2 GB/s in
-// 1 MiB reads and 1.7-1.9 GB/s in 4 MiB ones (2 GB/s is its speed on data in cache); the bundle's
+// 1 MiB reads and 1.5-1.9 GB/s in 4 MiB ones (2 GB/s is its speed on data in cache); the bundle's
 // hash tail after the last byte landed went 1.9-2.0 → 1.4-1.6 s. Answers [end] per range, or { error }.
 const RANGES = `
 const { parentPort, workerData } = process.getBuiltinModule('node:worker_threads');

@@ -5,7 +5,7 @@
  * chunk, one open file for many ranges. `use` must not keep the chunk. The buffers are
  * page-aligned, so the DirectReader can read around the page cache into them where it does.
  * Around the page cache the reads are 4 MiB, in buffers of the reader's own: on the test VM sha256
- * of what an O_DIRECT read had just brought in ran at 1.2 GB/s in 1 MiB reads and 1.7-1.9 GB/s in
+ * of what an O_DIRECT read had just brought in ran at 1.2 GB/s in 1 MiB reads and 1.5-1.9 GB/s in
  * 4 MiB ones. Through the page cache, 1 MiB from the shared pool (the kernel's copy is what costs).
  */
 import { alignedBuffer, releaseBuffer, takeBuffer, DIRECT_BUFFER, type DirectReader } from './direct-io.ts';
