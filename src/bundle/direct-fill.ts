@@ -4,13 +4,12 @@
  * the bundle and to the cache at once (one buffer, two writes: tar/slot.ts), so the next release finds it there; with
  * `--direct` the cache is neither read nor written.
  */
-import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { digestHex, VerifyingStream, verifyBytes } from '../oci/digest.ts';
+import { checkDigest, digestHex, VerifyingStream, verifyBytes } from '../oci/digest.ts';
 import { isOciError, OciError } from '../oci/errors.ts';
 import type { LayoutDirectory } from '../oci/layout/writer.ts';
 import { blobPath } from '../oci/layout/reader.ts';
@@ -19,7 +18,7 @@ import { cachedObject, gsUrl, mismatch, ObjectError, objectFile, sameVersion, st
 import type { ObjectInfo, ObjectSource } from '../objects/types.ts';
 import { SlotWriter } from '../tar/slot.ts';
 import { isNoSpace } from '../util/errors.ts';
-import { landed, placeOf, slotFor, type DirectBundle, type Place } from './direct.ts';
+import { entryHash, landed, placeOf, slotFor, type DirectBundle, type Place } from './direct.ts';
 import { ENTRY_HIGH_WATER_MARK, type EntrySource } from './writer.ts';
 
 const ATTEMPTS = 3;
@@ -108,10 +107,10 @@ export class BundleSlots implements WriteTarget {
     // Only the transfer is retried; what follows it (the cache's rename, the journal) is not a network step.
     for (let attempt = 1; ; attempt++) {
       // After a dropped connection: the bytes that reached the file are hashed again, the rest asked for.
-      const hash = await this.#d.file.hashRange(createHash('sha256'), place.offset, have);
+      const hash = entryHash(this.#d, place, have);
       // A read from the first byte feeds the cache as it goes; after a retry, see below.
       copy = have === 0 && cache ? await cache.ingestFile(desc) : undefined;
-      const slot = slotFor(this.#d, place, `blob ${desc.digest}`, have, copy?.file);
+      const slot = slotFor(this.#d, place, `blob ${desc.digest}`, { from: have, also: copy?.file, hash });
       try {
         let position = have;
         const count = new Transform({
@@ -121,9 +120,11 @@ export class BundleSlots implements WriteTarget {
             done(null, chunk);
           },
         });
-        await pipeline(await open(have), count, new VerifyingStream(desc, { hash, bytes: have }), slot);
+        await pipeline(await open(have), count, new VerifyingStream(desc, { hash: null, bytes: have }), slot);
+        checkDigest(desc, await hash.digest());
         break;
       } catch (err) {
+        await hash.digest().catch(() => {}); // ends it on the thread (a second call, after a mismatch, is harmless)
         await copy?.discard();
         const resumable = err instanceof OciError ? err.retryable : true;
         if (isNoSpace(err) || !resumable || attempt >= ATTEMPTS) throw err;
@@ -167,7 +168,8 @@ export async function fetchObjectInto(source: ObjectSource, info: ObjectInfo, d:
     await rm(hit.path, { force: true }); // damaged: fetched again below
   }
   const copy = cacheDir ? await objectFile(cacheDir) : undefined;
-  const got = await streamObject(source, info, slotFor(d, place, url, 0, copy?.file)).catch(async (err: unknown) => {
+  const hash = entryHash(d, place);
+  const got = await streamObject(source, info, slotFor(d, place, url, { also: copy?.file, hash }), { sha256: () => hash.digest() }).catch(async (err: unknown) => {
     await copy?.discard();
     throw err;
   });

@@ -24,6 +24,7 @@ import { dirname } from 'node:path';
 import { OciError } from '../oci/errors.ts';
 import type { BundleManifest } from './manifest.ts';
 import { HashCursor } from '../tar/hash-cursor.ts';
+import { EntryHashes, type EntryHash } from '../tar/hash-thread.ts';
 import { encodeFileHeader, END_OF_ARCHIVE, paddingBytes } from '../tar/header.ts';
 import { SlotWriter } from '../tar/slot.ts';
 import { writeFileAtomic } from '../util/atomic.ts';
@@ -66,6 +67,8 @@ export interface DirectBundle {
   flusher: Flusher;
   /** The whole file's sha256, following the entries as they land. */
   cursor: HashCursor;
+  /** The thread that hashes each fetched entry as it is written (slotFor). */
+  hashes: EntryHashes;
   /** Entries whose bytes are in place (fetched now or before, or local), for the cursor. */
   placed: Set<string>;
   /** bundle.json, its signature and SHA256SUMS, once written. */
@@ -92,10 +95,16 @@ export async function landed(d: DirectBundle, path: string, sha256: string, show
  * A writer for an entry's bytes (from byte `from`) that shows the whole-file hash each piece as
  * it lands, so the hash can follow a large entry while it arrives. Its last piece takes the
  * padding along: zeros, written with it or left by the sparse file. `also`: a cache file that gets
- * the same bytes (SlotWriter).
+ * the same bytes; `hash`: the entry's own sha256, fed as it is written (SlotWriter).
  */
-export function slotFor(d: DirectBundle, p: Place, what: string, from = 0, also?: BlockFile): SlotWriter {
-  return new SlotWriter(d.file, { offset: p.offset, size: p.size, what, ...(also ? { also } : {}) }, from, (start, end) => d.cursor.landed(start, end === p.offset + p.size ? p.end : end));
+export function slotFor(d: DirectBundle, p: Place, what: string, opts: { from?: number; also?: BlockFile | undefined; hash?: EntryHash } = {}): SlotWriter {
+  const slot = { offset: p.offset, size: p.size, what, ...(opts.also ? { also: opts.also } : {}), ...(opts.hash ? { hash: opts.hash } : {}) };
+  return new SlotWriter(d.file, slot, opts.from ?? 0, (start, end) => d.cursor.landed(start, end === p.offset + p.size ? p.end : end));
+}
+
+/** A hash for a fetched entry on the bundle's hashing thread, started with the `have` bytes already in its place. */
+export function entryHash(d: DirectBundle, p: Place, have = 0): EntryHash {
+  return d.hashes.open(have > 0 ? { path: d.partial, start: p.offset, end: p.offset + have } : undefined);
 }
 
 /** The bytes an entry takes in the tar: header (with a pax header for a long name), data, padding. */
@@ -143,7 +152,7 @@ export async function openDirect(output: string, head: readonly HeadEntry[], ent
   // Rewritten whole (only what re-hashed right), then appended to.
   await writeFileAtomic(`${partial}.done`, header + [...done].map(([path, sha]) => `${sha} ${path}\n`).join(''));
   const journal = await open(`${partial}.done`, 'a');
-  const d: DirectBundle = { output, partial, fh, file, places, dataStart, size, done, journal, flusher: new Flusher(fh), cursor: new HashCursor(file, size), placed: new Set() };
+  const d: DirectBundle = { output, partial, fh, file, places, dataStart, size, done, journal, flusher: new Flusher(fh), cursor: new HashCursor(file, size), hashes: new EntryHashes(), placed: new Set() };
   try {
     // Every header now: each depends only on the plan. Entries found whole are hashed whole.
     for (const [i, e] of entries.entries()) {
@@ -193,8 +202,9 @@ async function stillWhole(file: BlockFile, lines: readonly string[], places: Map
  * Closes the files of a direct bundle that stopped. The partial file and its record stay: they are
  * what a re-run resumes from (it refetches only what had not landed whole).
  */
-export async function closeDirect(d: Pick<DirectBundle, 'fh' | 'file' | 'journal' | 'flusher' | 'cursor'>): Promise<void> {
+export async function closeDirect(d: Pick<DirectBundle, 'fh' | 'file' | 'journal' | 'flusher' | 'cursor' | 'hashes'>): Promise<void> {
   await d.cursor.stop(); // no read left running on a closed file
+  await d.hashes.close();
   await d.flusher.settled().catch(() => {});
   await d.file.close();
   await d.fh.close().catch(() => {});
@@ -237,6 +247,7 @@ export async function finishDirect(d: DirectBundle): Promise<{ size: number; sha
     if (missing.length > 0 || !d.manifest) throw new OciError('LAYOUT', `the bundle being written lacks ${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ', …' : ''}`);
     await d.flusher.settled();
     const [, sha256] = await Promise.all([d.fh.sync(), d.cursor.digest()]);
+    await d.hashes.close();
     await d.file.close();
     await d.fh.close();
     await rename(d.partial, d.output);

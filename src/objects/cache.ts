@@ -134,10 +134,12 @@ const READ_RETRIES = 5;
 /**
  * Streams one generation into `sink` while hashing; stops early if it outgrows `info.size`.
  * After a dropped connection or a stall (retryable errors) it reads on from the byte reached (the
- * hashes carry on), so a multi-gigabyte LoRA checkpoint never restarts from zero.
+ * hashes carry on), so a multi-gigabyte LoRA checkpoint never restarts from zero. `opts.sha256`:
+ * the sink hashes the bytes itself (a bundle slot, on a thread); asked once the stream has ended.
  */
-export async function streamObject(source: ObjectSource, info: ObjectInfo, sink: Writable, onBytes?: (n: number) => void): Promise<Streamed> {
-  const hasher = await MultiHasher.create({ md5: needsMd5(info) });
+export async function streamObject(source: ObjectSource, info: ObjectInfo, sink: Writable, opts: { onBytes?: (n: number) => void; sha256?: () => Promise<string> } = {}): Promise<Streamed> {
+  const { onBytes } = opts;
+  const hasher = await MultiHasher.create({ md5: needsMd5(info), sha256: !opts.sha256 });
   let seen = 0;
   const TOO_BIG = Symbol('too big');
   async function* bytes(): AsyncGenerator<Buffer> {
@@ -161,11 +163,12 @@ export async function streamObject(source: ObjectSource, info: ObjectInfo, sink:
   try {
     await pipeline(bytes(), hasher, sink);
   } catch (err) {
+    await opts.sha256?.().catch(() => {}); // ended either way
     if (err === TOO_BIG) return { kind: 'overflow' };
     if (isObjectError(err, 'GONE')) return { kind: 'gone' };
     throw err;
   }
-  return { kind: 'bytes', hashes: hasher.result() };
+  return { kind: 'bytes', hashes: hasher.result(await opts.sha256?.()) };
 }
 
 /** A new temp file of the cache for one object's bytes (pid first: sweepTmp removes a dead process's). */
@@ -176,7 +179,7 @@ async function download(source: ObjectSource, info: ObjectInfo, tmpDir: string, 
   const tmp = tempName(tmpDir);
   const file = await openFileSlot(tmp, info.size, gsUrl(info), { flags: 'wx' });
   try {
-    const got = await streamObject(source, info, file.sink, onBytes);
+    const got = await streamObject(source, info, file.sink, onBytes ? { onBytes } : {});
     if (got.kind === 'bytes') await file.finish();
     await file.close();
     if (got.kind === 'gone') await rm(tmp, { force: true });

@@ -22,30 +22,33 @@ const CASTAGNOLI = 0x82f63b78;
 
 /** A pass-through Transform that hashes (sha256, crc32c, md5 if asked) and counts what flows through it. */
 export class MultiHasher extends Transform {
-  private readonly sha256 = createHash('sha256');
+  private readonly sha256: Hash | undefined;
   private readonly md5: Hash | undefined;
   private readonly crc: IHasher;
   private done: ObjectHashes | undefined;
   size = 0;
 
-  private constructor(crc: IHasher, md5: boolean) {
+  private constructor(crc: IHasher, md5: boolean, sha256: boolean) {
     super({ highWaterMark: QUEUE_BYTES });
     this.crc = crc;
     this.md5 = md5 ? createHash('md5') : undefined;
+    this.sha256 = sha256 ? createHash('sha256') : undefined;
   }
 
   /**
    * Async because hash-wasm instantiates its WebAssembly module on first use. MD5 costs more CPU
    * than the other two together; callers skip it when the store gives a CRC32C to check instead.
+   * `sha256: false`: it is computed elsewhere (on a thread, as the bytes are written) and handed
+   * to `result`.
    */
-  static async create(opts: { md5?: boolean } = {}): Promise<MultiHasher> {
-    return new MultiHasher(await createCRC32(CASTAGNOLI), opts.md5 ?? true);
+  static async create(opts: { md5?: boolean; sha256?: boolean } = {}): Promise<MultiHasher> {
+    return new MultiHasher(await createCRC32(CASTAGNOLI), opts.md5 ?? true, opts.sha256 ?? true);
   }
 
   /** Hashes bytes without a stream (tests, small buffers). */
   update(chunk: Uint8Array): this {
     if (this.done) throw new Error('MultiHasher: update() after result()');
-    this.sha256.update(chunk);
+    this.sha256?.update(chunk);
     this.md5?.update(chunk);
     this.crc.update(chunk);
     this.size += chunk.length;
@@ -57,11 +60,14 @@ export class MultiHasher extends Transform {
     cb(null, chunk);
   }
 
-  /** The digests of everything seen; callable more than once, but ends hashing. */
-  result(): ObjectHashes {
-    this.done ??= {
+  /** The digests of everything seen; callable more than once, but ends hashing. `sha256`: the one computed elsewhere. */
+  result(sha256?: string): ObjectHashes {
+    if (this.done) return this.done;
+    const whole = this.sha256?.digest('hex') ?? sha256;
+    if (whole === undefined) throw new Error('MultiHasher: created without sha256, and none given to result()');
+    this.done = {
       size: this.size,
-      sha256: this.sha256.digest('hex'),
+      sha256: whole,
       ...(this.md5 ? { md5: this.md5.digest('base64') } : {}),
       crc32c: Buffer.from(this.crc.digest('binary')).toString('base64'),
     };

@@ -30,21 +30,28 @@ export function verifyBytes(desc: Pick<Descriptor, 'digest' | 'size'>, bytes: Ui
   }
 }
 
+/** Throws unless a blob's bytes, hashed elsewhere, came out as `desc` names (`sha256` in hex). */
+export function checkDigest(desc: Pick<Descriptor, 'digest'>, sha256: string): void {
+  const actual = `sha256:${sha256}`;
+  if (actual !== desc.digest) throw new OciError('DIGEST_MISMATCH', `blob ${desc.digest} has digest ${actual}; the source is corrupt or changed`);
+}
+
 /**
  * Passes bytes through while hashing them, and fails the stream (so nothing downstream commits)
  * when the total size or the digest differs from the descriptor. `prefix` seeds it with bytes
- * already verified on disk when a copy resumes.
+ * already verified on disk when a copy resumes. `prefix.hash` null: the bytes are hashed
+ * elsewhere (on a thread, tar/slot.ts) and checked with `checkDigest`; only the size is checked here.
  */
 export class VerifyingStream extends Transform {
   readonly #desc: Pick<Descriptor, 'digest' | 'size'>;
-  readonly #hash: Hash;
+  readonly #hash: Hash | null;
   #seen: number;
 
-  constructor(desc: Pick<Descriptor, 'digest' | 'size'>, prefix?: { hash: Hash; bytes: number }) {
+  constructor(desc: Pick<Descriptor, 'digest' | 'size'>, prefix?: { hash: Hash | null; bytes: number }) {
     super({ highWaterMark: QUEUE_BYTES });
     digestHex(desc.digest);
     this.#desc = desc;
-    this.#hash = prefix?.hash ?? createHash('sha256');
+    this.#hash = prefix ? prefix.hash : createHash('sha256');
     this.#seen = prefix?.bytes ?? 0;
   }
 
@@ -53,7 +60,7 @@ export class VerifyingStream extends Transform {
     if (this.#seen > this.#desc.size) {
       return done(new OciError('SIZE_MISMATCH', `blob ${this.#desc.digest} is longer than its declared ${this.#desc.size} bytes; the source is corrupt`));
     }
-    this.#hash.update(chunk);
+    this.#hash?.update(chunk);
     done(null, chunk);
   }
 
@@ -61,9 +68,10 @@ export class VerifyingStream extends Transform {
     if (this.#seen !== this.#desc.size) {
       return done(new OciError('SIZE_MISMATCH', `blob ${this.#desc.digest} ended after ${this.#seen} of ${this.#desc.size} bytes`, { retryable: true }));
     }
-    const actual = `sha256:${this.#hash.digest('hex')}`;
-    if (actual !== this.#desc.digest) {
-      return done(new OciError('DIGEST_MISMATCH', `blob ${this.#desc.digest} has digest ${actual}; the source is corrupt or changed`));
+    try {
+      if (this.#hash) checkDigest(this.#desc, this.#hash.digest('hex'));
+    } catch (err) {
+      return done(err as Error);
     }
     done();
   }

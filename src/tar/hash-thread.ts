@@ -6,7 +6,10 @@
  * - FileRangeHasher reads ranges of a file and hashes them in the order given, all on the thread
  *   (a direct bundle's whole-file hash, which reads back what landed): while the main thread is
  *   busy with the fetch, a read and hash that needed its turn for every MiB crawled (measured:
- *   ~140 MB/s during a 4 GiB fetch, and most of the file left to hash once the fetch ended).
+ *   ~140 MB/s during a 4 GiB fetch, and most of the file left to hash once the fetch ended);
+ * - EntryHashes keeps one sha256 per entry being fetched, fed slices of the writer's shared
+ *   buffers (tar/slot.ts) as they are written: the fetch's main thread, which also decrypts,
+ *   parses and writes for every stream, no longer hashes each byte itself.
  *
  * The threads' code is inline (`eval`), so it runs the same from dist/ and from the single
  * executable, where there is no file to load it from. A thread keeps the process alive only while
@@ -76,9 +79,43 @@ parentPort.on('message', (m) => {
 });
 `;
 
+// One sha256 per entry. [0, id, memory, offset, length]: hash that slice (a new id starts a hash);
+// [1, id, path, start, end]: start id's hash with bytes start…end of a file (a fetch resumed after
+// a dropped connection: what reached the file before); [2, id]: id's digest, which ends it.
+const ENTRIES = `
+const { parentPort } = process.getBuiltinModule('node:worker_threads');
+const fs = process.getBuiltinModule('node:fs');
+const { createHash } = process.getBuiltinModule('node:crypto');
+const hashes = new Map();
+const hashOf = (id) => { let h = hashes.get(id); if (!h) hashes.set(id, (h = createHash('sha256'))); return h; };
+function hashFile(h, path, start, end) {
+  const fd = fs.openSync(path, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(Math.min(4 << 20, Math.max(1, end - start)));
+    for (let at = start; at < end; ) {
+      const n = fs.readSync(fd, buf, 0, Math.min(buf.length, end - at), at);
+      if (n === 0) throw new Error(path + ' ended at byte ' + at + ', before ' + end);
+      h.update(buf.subarray(0, n));
+      at += n;
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+parentPort.on('message', (m) => {
+  try {
+    if (m[0] === 0) hashOf(m[1]).update(new Uint8Array(m[2], m[3], m[4]));
+    else if (m[0] === 1) hashFile(hashOf(m[1]), m[2], m[3], m[4]);
+    else { const h = hashOf(m[1]); hashes.delete(m[1]); return parentPort.postMessage(h.digest('hex')); }
+    parentPort.postMessage(0);
+  } catch (err) {
+    parentPort.postMessage({ error: err.message });
+  }
+});
+`;
+
 /**
- * A hashing worker answering each message in order (the last one, null, with the digest); rejects
- * what is pending once it fails or stops.
+ * A hashing worker answering each message in order; rejects what is pending once it fails or stops.
  */
 class HashWorker {
   readonly #worker: Worker;
@@ -91,8 +128,11 @@ class HashWorker {
     this.#worker.unref();
     this.#worker.on('message', (m: unknown) => {
       const w = this.#waiting.shift();
-      if (m !== null && typeof m === 'object' && 'error' in m) this.#fail(new Error(String(m.error)));
-      else w?.resolve(m);
+      if (m !== null && typeof m === 'object' && 'error' in m) {
+        const err = new Error(String(m.error));
+        this.#fail(err);
+        w?.reject(this.#failure ?? err); // the one that failed is no longer among the waiting
+      } else w?.resolve(m);
       if (this.#waiting.length === 0) this.#worker.unref();
     });
     this.#worker.on('error', (err) => this.#fail(err));
@@ -106,11 +146,6 @@ class HashWorker {
       this.#waiting.push({ resolve, reject });
       this.#worker.postMessage(message);
     });
-  }
-
-  /** The sha256 of everything handed over, once all of it is hashed. */
-  async digest(): Promise<string> {
-    return (await this.ask(null)) as string;
   }
 
   /** Stops the thread; call it on every path. */
@@ -127,7 +162,15 @@ class HashWorker {
   }
 }
 
-export class HashThread extends HashWorker {
+/** A worker with one sha256 over everything it is handed. */
+class WholeHash extends HashWorker {
+  /** The sha256 of everything handed over, once all of it is hashed. */
+  async digest(): Promise<string> {
+    return (await this.ask(null)) as string;
+  }
+}
+
+export class HashThread extends WholeHash {
   constructor(buffers: readonly SharedArrayBuffer[]) {
     super(SLICES, buffers);
   }
@@ -138,7 +181,7 @@ export class HashThread extends HashWorker {
   }
 }
 
-export class FileRangeHasher extends HashWorker {
+export class FileRangeHasher extends WholeHash {
   /** `direct`: the file is written around the page cache, so it is read back that way too. */
   constructor(path: string, direct: boolean) {
     super(RANGES, { path, direct });
@@ -147,5 +190,39 @@ export class FileRangeHasher extends HashWorker {
   /** Hashes bytes `start…end` after every range asked for before; resolves once they are hashed. */
   async update(start: number, end: number): Promise<void> {
     await this.ask([start, end]);
+  }
+}
+
+/** One entry's sha256, computed on an EntryHashes thread. */
+export interface EntryHash {
+  /** Hashes the first `length` bytes of `buf` (over a SharedArrayBuffer); resolves once `buf` may change again. */
+  update(buf: Buffer, length: number): Promise<void>;
+  /** The sha256 of everything handed over (hex); ends the hash: call it on every path, or the thread keeps its state. */
+  digest(): Promise<string>;
+}
+
+/** One thread hashing the entries of a fetch, each on its own; answers come in the order asked. */
+export class EntryHashes extends HashWorker {
+  #next = 0;
+
+  constructor() {
+    super(ENTRIES, undefined);
+  }
+
+  /** A new entry's hash; `prefix`: bytes `start…end` of the file at `path` come first (a resumed fetch). */
+  open(prefix?: { path: string; start: number; end: number }): EntryHash {
+    const id = this.#next++;
+    const started = prefix && prefix.end > prefix.start ? this.ask([1, id, prefix.path, prefix.start, prefix.end]) : Promise.resolve();
+    started.catch(() => {}); // reported by the next update or digest, which fail the same way
+    return {
+      update: async (buf, length) => {
+        if (!(buf.buffer instanceof SharedArrayBuffer)) throw new TypeError('EntryHash.update: the buffer must be over a SharedArrayBuffer');
+        await this.ask([0, id, buf.buffer, buf.byteOffset, length]);
+      },
+      digest: async () => {
+        await started;
+        return (await this.ask([2, id])) as string;
+      },
+    };
   }
 }

@@ -4,12 +4,13 @@
  * artifacts arriving side by side) fill their own areas at once. Network chunks are gathered into
  * 1 MiB buffers first: one write per MiB, not one per 16-64 KiB chunk (the dispatch cost of small
  * writes was a tenth of bundle's CPU), and each a whole number of blocks, so it can go around the
- * page cache (util/direct-io.ts). Two pooled buffers, so one fills while the other is written;
- * they go back to the pool when the slot is done.
+ * page cache (util/direct-io.ts). Two pooled buffers, so one fills while the other is written
+ * (and hashed, when the slot has a hash); they go back to the pool when the slot is done.
  */
 import { open } from 'node:fs/promises';
 import { Writable } from 'node:stream';
 import { OciError } from '../oci/errors.ts';
+import type { EntryHash } from './hash-thread.ts';
 import { BLOCK, BlockFile, DIRECT_BUFFER, releaseBuffer, takeBuffer } from '../util/direct-io.ts';
 
 export class SlotWriter extends Writable {
@@ -33,14 +34,18 @@ export class SlotWriter extends Writable {
   readonly #pad: boolean;
   /** A second file the same bytes go to, from its start (the cache's copy of what fills the bundle). */
   readonly #also: BlockFile | undefined;
+  /** The entry's sha256, fed each buffer as it is written. */
+  readonly #hash: EntryHash | undefined;
 
   /**
    * Fills the slot from byte `from` of the entry (an earlier attempt wrote the ones before).
    * `onWritten` hears of each piece once it is in the file (file positions; pieces in order).
    * `slot.also`: each buffer is written there too (at the entry's own position, unpadded), from
    * the same memory: a second copy costs a second write, not a second copy of every chunk.
+   * `slot.hash`: each buffer is hashed there (on another thread) while it is written; it must
+   * already have the entry's bytes before `from`.
    */
-  constructor(file: BlockFile, slot: { offset: number; size: number; what: string; pad?: boolean; also?: BlockFile }, from = 0, onWritten?: (start: number, end: number) => void) {
+  constructor(file: BlockFile, slot: { offset: number; size: number; what: string; pad?: boolean; also?: BlockFile; hash?: EntryHash }, from = 0, onWritten?: (start: number, end: number) => void) {
     // Our own buffers do the batching; the stream's queue only has to keep the pipe moving.
     super({ highWaterMark: 64 * 1024 });
     this.#file = file;
@@ -49,6 +54,7 @@ export class SlotWriter extends Writable {
     this.#size = slot.size;
     this.#pad = slot.pad ?? true;
     this.#also = slot.also;
+    this.#hash = slot.hash;
     this.#what = slot.what;
     this.#accepted = from;
     this.#written = from;
@@ -104,7 +110,7 @@ export class SlotWriter extends Writable {
     // The padding after the entry's last byte is the tar's, zeros: the last block may be written whole.
     const padTo = this.#pad ? this.#offset + Math.ceil(this.#size / BLOCK) * BLOCK : undefined;
     // Padding zeros land in the buffer past `length` only: the second write never reads them.
-    const writes = [this.#file.write(buf, length, at, padTo), ...(this.#also ? [this.#also.write(buf, length, this.#written)] : [])];
+    const writes = [this.#file.write(buf, length, at, padTo), ...(this.#also ? [this.#also.write(buf, length, this.#written)] : []), ...(this.#hash ? [this.#hash.update(buf, length)] : [])];
     this.#pending = Promise.all(writes).then(() => {
       this.#written += length;
       this.#onWritten?.(at, at + length);

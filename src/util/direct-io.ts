@@ -35,11 +35,13 @@ const pooled = new WeakSet<Buffer>();
 /** Memories that start on a page: a view into one at a block offset can take a direct read. */
 const alignedMemory = new WeakSet<ArrayBufferLike>();
 
-/** A page-aligned 1 MiB buffer; give it back with `releaseBuffer` once no write or read uses it. */
+/** A page-aligned 1 MiB buffer over a SharedArrayBuffer; give it back with `releaseBuffer` once no write or read uses it. */
 export function takeBuffer(): Buffer {
   if (free.length === 0) {
     // 16 MiB per memory: few memories (each reserves address space), little untouched memory.
-    const memory = new WebAssembly.Memory({ initial: (16 * DIRECT_BUFFER) / 65536 });
+    // Shared, so a hashing thread can read a buffer where it is (tar/hash-thread.ts EntryHashes).
+    const pages = (16 * DIRECT_BUFFER) / 65536;
+    const memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
     alignedMemory.add(memory.buffer);
     for (let at = 0; at < memory.buffer.byteLength; at += DIRECT_BUFFER) {
       const b = Buffer.from(memory.buffer, at, DIRECT_BUFFER);

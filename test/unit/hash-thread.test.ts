@@ -4,6 +4,8 @@ import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { EntryHashes } from '../../src/tar/hash-thread.ts';
+import { takeBuffer } from '../../src/util/direct-io.ts';
 
 const MODULE = join(import.meta.dirname, '..', '..', 'src', 'tar', 'hash-thread.ts');
 
@@ -38,5 +40,40 @@ console.log('left open');
     expect(r.code).toBe(0);
     expect(r.stdout).toBe('left open\n');
     expect(r.ms).toBeLessThan(15_000); // killed at 20 s if the thread held it
+  });
+});
+
+describe('EntryHashes', () => {
+  it('keeps one hash per entry, fed in any interleaving from shared pool buffers', async () => {
+    const hashes = new EntryHashes();
+    try {
+      const [x, y] = [hashes.open(), hashes.open()];
+      const buf = takeBuffer();
+      const expectX = createHash('sha256');
+      const expectY = createHash('sha256');
+      for (let i = 0; i < 3; i++) {
+        buf.fill(i + 1, 0, 5000);
+        await x.update(buf, 5000);
+        expectX.update(buf.subarray(0, 5000));
+        buf.fill(i + 100, 0, 70000);
+        await y.update(buf, 70000);
+        expectY.update(buf.subarray(0, 70000));
+      }
+      expect(await y.digest()).toBe(expectY.digest('hex'));
+      expect(await x.digest()).toBe(expectX.digest('hex'));
+    } finally {
+      await hashes.close();
+    }
+  });
+
+  it('refuses a buffer the thread cannot see, and fails (not hangs) when a resumed prefix cannot be read', async () => {
+    const hashes = new EntryHashes();
+    try {
+      await expect(hashes.open().update(Buffer.alloc(10), 10)).rejects.toThrow(/SharedArrayBuffer/);
+      const gone = hashes.open({ path: '/nonexistent/partial', start: 0, end: 100 });
+      await expect(gone.digest()).rejects.toThrow(/nonexistent\/partial/);
+    } finally {
+      await hashes.close();
+    }
   });
 });

@@ -1,13 +1,15 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { describe, expect, it } from 'vitest';
+import { EntryHashes } from '../../src/tar/hash-thread.ts';
 import { SlotWriter } from '../../src/tar/slot.ts';
 import { BlockFile } from '../../src/util/direct-io.ts';
 import { scratchFiles } from '../fixtures/scratch-file.ts';
 
 const file = scratchFiles('slot-');
+const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 /** Chunks of uneven sizes, as a network gives them. */
 const chunks = (bytes: Buffer, sizes: number[]) => {
@@ -85,5 +87,31 @@ describe('SlotWriter: one entry filled in place', () => {
     expect(rest.written).toBe(40);
     await fh.close();
     expect((await readFile(path)).subarray(8, 48).equals(data)).toBe(true);
+  });
+
+  it('`hash`: two slots side by side each get their own sha256 on the thread, a resumed one from the file first', async () => {
+    const { path, fh } = await file(8 << 20);
+    const file1 = new BlockFile(fh, path);
+    const a = randomBytes(3 * 2 ** 20 + 5);
+    const b = randomBytes(2 ** 20 + 999);
+    const hashes = new EntryHashes();
+    try {
+      const ha = hashes.open();
+      const hb = hashes.open();
+      await Promise.all([
+        pipeline(Readable.from(chunks(a, [65536, 7, 300000])), new SlotWriter(file1, { offset: 512, size: a.length, what: 'a', hash: ha })),
+        pipeline(Readable.from(chunks(b, [1000, 70000])), new SlotWriter(file1, { offset: 4 << 20, size: b.length, what: 'b', hash: hb })),
+      ]);
+      expect(await ha.digest()).toBe(sha256(a));
+      expect(await hb.digest()).toBe(sha256(b));
+      // The first 1 MiB + 3 bytes of `a` are in the file; the rest comes over a second "connection".
+      const from = 2 ** 20 + 3;
+      const resumed = hashes.open({ path, start: 512, end: 512 + from });
+      await pipeline(Readable.from([a.subarray(from)]), new SlotWriter(file1, { offset: 512, size: a.length, what: 'a', hash: resumed }, from));
+      expect(await resumed.digest()).toBe(sha256(a));
+    } finally {
+      await hashes.close();
+      await fh.close();
+    }
   });
 });
