@@ -7,9 +7,9 @@
 import { createReadStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Transform, type Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { checkDigest, digestHex, VerifyingStream, verifyBytes } from '../oci/digest.ts';
+import { checkDigest, digestHex, endedShort, VerifyingStream, verifyBytes } from '../oci/digest.ts';
 import { isOciError, OciError } from '../oci/errors.ts';
 import type { LayoutDirectory } from '../oci/layout/writer.ts';
 import { blobPath } from '../oci/layout/reader.ts';
@@ -110,17 +110,16 @@ export class BundleSlots implements WriteTarget {
       const hash = entryHash(this.#d, place, have);
       // A read from the first byte feeds the cache as it goes; after a retry, see below.
       copy = have === 0 && cache ? await cache.ingestFile(desc) : undefined;
-      const slot = slotFor(this.#d, place, `blob ${desc.digest}`, { from: have, also: copy?.file, hash });
+      let position = have;
+      const onChunk = (chunk: Buffer) => {
+        bytesTransferred += chunk.length;
+        onBytes?.((position += chunk.length));
+      };
+      // The slot refuses a byte past the blob's size, hashes it on the thread, and counts it.
+      const slot = slotFor(this.#d, place, `blob ${desc.digest}`, { from: have, also: copy?.file, hash, onChunk });
       try {
-        let position = have;
-        const count = new Transform({
-          transform(chunk: Buffer, _e, done) {
-            bytesTransferred += chunk.length;
-            onBytes?.((position += chunk.length));
-            done(null, chunk);
-          },
-        });
-        await pipeline(await open(have), count, new VerifyingStream(desc, { hash: null, bytes: have }), slot);
+        await pipeline(await open(have), slot);
+        if (slot.accepted !== desc.size) throw endedShort(desc, slot.accepted);
         checkDigest(desc, await hash.digest());
         break;
       } catch (err) {

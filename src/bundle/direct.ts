@@ -95,10 +95,10 @@ export async function landed(d: DirectBundle, path: string, sha256: string, show
  * A writer for an entry's bytes (from byte `from`) that shows the whole-file hash each piece as
  * it lands, so the hash can follow a large entry while it arrives. Its last piece takes the
  * padding along: zeros, written with it or left by the sparse file. `also`: a cache file that gets
- * the same bytes; `hash`: the entry's own sha256, fed as it is written (SlotWriter).
+ * the same bytes; `hash`: the entry's own sha256, fed as it is written; `onChunk` (SlotWriter).
  */
-export function slotFor(d: DirectBundle, p: Place, what: string, opts: { from?: number; also?: BlockFile | undefined; hash?: EntryHash } = {}): SlotWriter {
-  const slot = { offset: p.offset, size: p.size, what, ...(opts.also ? { also: opts.also } : {}), ...(opts.hash ? { hash: opts.hash } : {}) };
+export function slotFor(d: DirectBundle, p: Place, what: string, opts: { from?: number; also?: BlockFile | undefined; hash?: EntryHash; onChunk?: (chunk: Buffer) => void } = {}): SlotWriter {
+  const slot = { offset: p.offset, size: p.size, what, ...(opts.also ? { also: opts.also } : {}), ...(opts.hash ? { hash: opts.hash } : {}), ...(opts.onChunk ? { onChunk: opts.onChunk } : {}) };
   return new SlotWriter(d.file, slot, opts.from ?? 0, (start, end) => d.cursor.landed(start, end === p.offset + p.size ? p.end : end));
 }
 

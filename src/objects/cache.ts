@@ -150,6 +150,7 @@ export async function streamObject(source: ObjectSource, info: ObjectInfo, sink:
           failures = 0;
           onBytes?.(c.length);
           if (seen > info.size) throw TOO_BIG; // don't fill the disk with something we will reject
+          hasher.update(c); // here, not as a stream stage of its own: each costs a few µs a chunk
           yield c;
         }
         // A body that ends short without an error is the store's answer, judged by the caller.
@@ -161,7 +162,7 @@ export async function streamObject(source: ObjectSource, info: ObjectInfo, sink:
     }
   }
   try {
-    await pipeline(bytes(), hasher, sink);
+    await pipeline(bytes(), sink);
   } catch (err) {
     await opts.sha256?.().catch(() => {}); // ended either way
     if (err === TOO_BIG) return { kind: 'overflow' };

@@ -36,22 +36,25 @@ export function checkDigest(desc: Pick<Descriptor, 'digest'>, sha256: string): v
   if (actual !== desc.digest) throw new OciError('DIGEST_MISMATCH', `blob ${desc.digest} has digest ${actual}; the source is corrupt or changed`);
 }
 
+/** A blob whose stream ended before its declared size (worth asking again: the connection may have been cut). */
+export const endedShort = (desc: Pick<Descriptor, 'digest' | 'size'>, seen: number): OciError =>
+  new OciError('SIZE_MISMATCH', `blob ${desc.digest} ended after ${seen} of ${desc.size} bytes`, { retryable: true });
+
 /**
  * Passes bytes through while hashing them, and fails the stream (so nothing downstream commits)
  * when the total size or the digest differs from the descriptor. `prefix` seeds it with bytes
- * already verified on disk when a copy resumes. `prefix.hash` null: the bytes are hashed
- * elsewhere (on a thread, tar/slot.ts) and checked with `checkDigest`; only the size is checked here.
+ * already verified on disk when a copy resumes.
  */
 export class VerifyingStream extends Transform {
   readonly #desc: Pick<Descriptor, 'digest' | 'size'>;
-  readonly #hash: Hash | null;
+  readonly #hash: Hash;
   #seen: number;
 
-  constructor(desc: Pick<Descriptor, 'digest' | 'size'>, prefix?: { hash: Hash | null; bytes: number }) {
+  constructor(desc: Pick<Descriptor, 'digest' | 'size'>, prefix?: { hash: Hash; bytes: number }) {
     super({ highWaterMark: QUEUE_BYTES });
     digestHex(desc.digest);
     this.#desc = desc;
-    this.#hash = prefix ? prefix.hash : createHash('sha256');
+    this.#hash = prefix?.hash ?? createHash('sha256');
     this.#seen = prefix?.bytes ?? 0;
   }
 
@@ -60,16 +63,14 @@ export class VerifyingStream extends Transform {
     if (this.#seen > this.#desc.size) {
       return done(new OciError('SIZE_MISMATCH', `blob ${this.#desc.digest} is longer than its declared ${this.#desc.size} bytes; the source is corrupt`));
     }
-    this.#hash?.update(chunk);
+    this.#hash.update(chunk);
     done(null, chunk);
   }
 
   override _flush(done: TransformCallback): void {
-    if (this.#seen !== this.#desc.size) {
-      return done(new OciError('SIZE_MISMATCH', `blob ${this.#desc.digest} ended after ${this.#seen} of ${this.#desc.size} bytes`, { retryable: true }));
-    }
+    if (this.#seen !== this.#desc.size) return done(endedShort(this.#desc, this.#seen));
     try {
-      if (this.#hash) checkDigest(this.#desc, this.#hash.digest('hex'));
+      checkDigest(this.#desc, this.#hash.digest('hex'));
     } catch (err) {
       return done(err as Error);
     }
