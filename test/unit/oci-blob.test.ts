@@ -86,6 +86,39 @@ describe('RemoteRepository.openBlob', () => {
     expect(requests[1]!.url).toBe(`/v2/a/r/blobs/${DESC.digest}`);
   });
 
+  it('holds the body while its reader is slow (backpressure), and gives every byte in order', async () => {
+    const big = randomBytes(4 << 20);
+    handler = (req, res) => serveBlob(req, res, big);
+    const stream = await repo.openBlob({ ...DESC, digest: sha(big), size: big.length }, 0);
+    const chunks: Buffer[] = [];
+    let most = 0;
+    for await (const c of stream) {
+      chunks.push(c as Buffer);
+      most = Math.max(most, (c as Buffer).length); // an iterator's read() takes all that is buffered
+      await new Promise((r) => setTimeout(r, 2)); // a reader much slower than loopback
+    }
+    expect(Buffer.concat(chunks).equals(big)).toBe(true);
+    expect(most).toBeLessThanOrEqual(stream.readableHighWaterMark + 64 * 1024); // paused, not buffered whole
+    expect(requests).toHaveLength(1);
+  });
+
+  it('a reader that stops early closes the response: no further request, no error left unhandled', async () => {
+    const big = randomBytes(8 << 20);
+    let closed!: (finished: boolean) => void;
+    const connectionClosed = new Promise<boolean>((r) => (closed = r));
+    handler = (req, res) => {
+      res.on('close', () => closed(res.writableFinished));
+      serveBlob(req, res, big);
+    };
+    const stream = await repo.openBlob({ ...DESC, digest: sha(big), size: big.length }, 0);
+    await new Promise<void>((resolve) => stream.once('data', () => resolve()));
+    stream.destroy();
+    expect(await connectionClosed).toBe(false); // cut off, not sent to its end
+    await new Promise((r) => setTimeout(r, 50));
+    expect(requests).toHaveLength(1);
+    expect(stream.destroyed).toBe(true);
+  });
+
   it('still gives the right bytes when the server ignores Range and answers 200 with everything', async () => {
     handler = (_req, res, n) => (n === 1 ? resetAfter(res, CUT) : (res.writeHead(200, { 'content-length': BLOB.length }), res.end(BLOB)));
     const got = await collect(await repo.openBlob(DESC, 0));
