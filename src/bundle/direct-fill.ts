@@ -123,7 +123,7 @@ export class BundleSlots implements WriteTarget {
         checkDigest(desc, await hash.digest());
         break;
       } catch (err) {
-        await hash.digest().catch(() => {}); // ends it on the thread (a second call, after a mismatch, is harmless)
+        await hash.digest().catch(() => {}); // ends it on the thread (after a mismatch: the answer already given)
         await copy?.discard();
         const resumable = err instanceof OciError ? err.retryable : true;
         if (isNoSpace(err) || !resumable || attempt >= ATTEMPTS) throw err;

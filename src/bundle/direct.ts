@@ -98,7 +98,7 @@ export async function landed(d: DirectBundle, path: string, sha256: string, show
  * the same bytes; `hash`: the entry's own sha256, fed as it is written; `onChunk` (SlotWriter).
  */
 export function slotFor(d: DirectBundle, p: Place, what: string, opts: { from?: number; also?: BlockFile | undefined; hash?: EntryHash; onChunk?: (chunk: Buffer) => void } = {}): SlotWriter {
-  const slot = { offset: p.offset, size: p.size, what, ...(opts.also ? { also: opts.also } : {}), ...(opts.hash ? { hash: opts.hash } : {}), ...(opts.onChunk ? { onChunk: opts.onChunk } : {}) };
+  const slot = { offset: p.offset, size: p.size, what, also: opts.also, hash: opts.hash, onChunk: opts.onChunk };
   return new SlotWriter(d.file, slot, opts.from ?? 0, (start, end) => d.cursor.landed(start, end === p.offset + p.size ? p.end : end));
 }
 

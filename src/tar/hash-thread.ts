@@ -199,7 +199,7 @@ export class FileRangeHasher extends WholeHash {
 export interface EntryHash {
   /** Hashes the first `length` bytes of `buf` (over a SharedArrayBuffer); resolves once `buf` may change again. */
   update(buf: Buffer, length: number): Promise<void>;
-  /** The sha256 of everything handed over (hex); ends the hash: call it on every path, or the thread keeps its state. */
+  /** The sha256 of everything handed over (hex); ends the hash: call it on every path, or the thread keeps its state. Later calls give the same answer. */
   digest(): Promise<string>;
 }
 
@@ -216,15 +216,13 @@ export class EntryHashes extends HashWorker {
     const id = this.#next++;
     const started = prefix && prefix.end > prefix.start ? this.ask([1, id, prefix.path, prefix.start, prefix.end]) : Promise.resolve();
     started.catch(() => {}); // reported by the next update or digest, which fail the same way
+    let digest: Promise<string> | undefined;
     return {
       update: async (buf, length) => {
         if (!(buf.buffer instanceof SharedArrayBuffer)) throw new TypeError('EntryHash.update: the buffer must be over a SharedArrayBuffer');
         await this.ask([0, id, buf.buffer, buf.byteOffset, length]);
       },
-      digest: async () => {
-        await started;
-        return (await this.ask([2, id])) as string;
-      },
+      digest: () => (digest ??= started.then(async () => (await this.ask([2, id])) as string)),
     };
   }
 }

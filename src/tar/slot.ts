@@ -48,7 +48,7 @@ export class SlotWriter extends Writable {
    * already have the entry's bytes before `from`. `slot.onChunk` sees each chunk as it comes:
    * each stream stage costs a few µs per chunk, and a TLS stream comes in 16 KiB chunks.
    */
-  constructor(file: BlockFile, slot: { offset: number; size: number; what: string; pad?: boolean; also?: BlockFile; hash?: EntryHash; onChunk?: (chunk: Buffer) => void }, from = 0, onWritten?: (start: number, end: number) => void) {
+  constructor(file: BlockFile, slot: { offset: number; size: number; what: string; pad?: boolean; also?: BlockFile | undefined; hash?: EntryHash | undefined; onChunk?: ((chunk: Buffer) => void) | undefined }, from = 0, onWritten?: (start: number, end: number) => void) {
     // Our own buffers do the batching; the stream's queue only has to keep the pipe moving.
     super({ highWaterMark: 64 * 1024 });
     this.#file = file;

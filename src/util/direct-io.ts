@@ -40,11 +40,9 @@ export function takeBuffer(): Buffer {
   if (free.length === 0) {
     // 16 MiB per memory: few memories (each reserves address space), little untouched memory.
     // Shared, so a hashing thread can read a buffer where it is (tar/hash-thread.ts EntryHashes).
-    const pages = (16 * DIRECT_BUFFER) / 65536;
-    const memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
-    alignedMemory.add(memory.buffer);
-    for (let at = 0; at < memory.buffer.byteLength; at += DIRECT_BUFFER) {
-      const b = Buffer.from(memory.buffer, at, DIRECT_BUFFER);
+    const { shared } = sharedBuffer(16 * DIRECT_BUFFER);
+    for (let at = 0; at < shared.byteLength; at += DIRECT_BUFFER) {
+      const b = Buffer.from(shared, at, DIRECT_BUFFER);
       aligned.add(b);
       pooled.add(b);
       free.push(b);
