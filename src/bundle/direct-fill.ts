@@ -14,7 +14,7 @@ import { isOciError, OciError } from '../oci/errors.ts';
 import type { LayoutDirectory } from '../oci/layout/writer.ts';
 import { blobPath } from '../oci/layout/reader.ts';
 import type { Descriptor, OnBytes, OpenBlob, PushBlobResult, WriteTarget } from '../oci/types.ts';
-import { cachedObject, gsUrl, mismatch, ObjectError, objectFile, sameVersion, streamObject } from '../objects/cache.ts';
+import { cachedObject, gsUrl, mismatch, needsMd5, ObjectError, objectFile, sameVersion, streamObject } from '../objects/cache.ts';
 import type { ObjectInfo, ObjectSource } from '../objects/types.ts';
 import { SlotWriter } from '../tar/slot.ts';
 import { isNoSpace } from '../util/errors.ts';
@@ -167,8 +167,8 @@ export async function fetchObjectInto(source: ObjectSource, info: ObjectInfo, d:
     await rm(hit.path, { force: true }); // damaged: fetched again below
   }
   const copy = cacheDir ? await objectFile(cacheDir) : undefined;
-  const hash = entryHash(d, place);
-  const got = await streamObject(source, info, slotFor(d, place, url, { also: copy?.file, hash }), { sha256: () => hash.digest() }).catch(async (err: unknown) => {
+  const hash = d.hashes.openObject(needsMd5(info));
+  const got = await streamObject(source, info, slotFor(d, place, url, { also: copy?.file, hash }), { digests: () => hash.digests() }).catch(async (err: unknown) => {
     await copy?.discard();
     throw err;
   });

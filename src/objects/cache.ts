@@ -5,6 +5,7 @@ import type { Writable } from 'node:stream';
 import type { BlockFile } from '../util/direct-io.ts';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { ObjectDigests } from '../tar/hash-thread.ts';
 import { openFileSlot, openWholeFile } from '../tar/slot.ts';
 import { writeFileAtomic } from '../util/atomic.ts';
 import { jitteredBackoff } from '../util/backoff.ts';
@@ -63,7 +64,7 @@ const ledgerPath = (cacheDir: string, o: { bucket: string; key: string }) =>
  * GCS gives every object a CRC32C (and most an MD5 too); one store checksum is enough to catch a
  * damaged transfer, and sha256 is computed regardless. MD5 only when there is no CRC32C.
  */
-const needsMd5 = (info: ObjectInfo) => info.crc32c === undefined && info.md5 !== undefined;
+export const needsMd5 = (info: ObjectInfo) => info.crc32c === undefined && info.md5 !== undefined;
 
 /** The first way `h` differs from what the store says of `info`, or undefined. */
 export function mismatch(info: ObjectInfo, h: ObjectHashes): string | undefined {
@@ -134,12 +135,13 @@ const READ_RETRIES = 5;
 /**
  * Streams one generation into `sink` while hashing; stops early if it outgrows `info.size`.
  * After a dropped connection or a stall (retryable errors) it reads on from the byte reached (the
- * hashes carry on), so a multi-gigabyte LoRA checkpoint never restarts from zero. `opts.sha256`:
- * the sink hashes the bytes itself (a bundle slot, on a thread); asked once the stream has ended.
+ * hashes carry on), so a multi-gigabyte LoRA checkpoint never restarts from zero. `opts.digests`:
+ * the sink hashes the bytes itself (a bundle slot, on a thread, with the CRC32C and the MD5 when
+ * `needsMd5`); asked once the stream has ended, on every path.
  */
-export async function streamObject(source: ObjectSource, info: ObjectInfo, sink: Writable, opts: { onBytes?: (n: number) => void; sha256?: () => Promise<string> } = {}): Promise<Streamed> {
-  const { onBytes } = opts;
-  const hasher = await MultiHasher.create({ md5: needsMd5(info), sha256: !opts.sha256 });
+export async function streamObject(source: ObjectSource, info: ObjectInfo, sink: Writable, opts: { onBytes?: (n: number) => void; digests?: () => Promise<ObjectDigests> } = {}): Promise<Streamed> {
+  const { onBytes, digests } = opts;
+  const hasher = digests ? undefined : await MultiHasher.create({ md5: needsMd5(info) });
   let seen = 0;
   const TOO_BIG = Symbol('too big');
   async function* bytes(): AsyncGenerator<Buffer> {
@@ -150,7 +152,7 @@ export async function streamObject(source: ObjectSource, info: ObjectInfo, sink:
           failures = 0;
           onBytes?.(c.length);
           if (seen > info.size) throw TOO_BIG; // don't fill the disk with something we will reject
-          hasher.update(c); // here, not as a stream stage of its own: each costs a few µs a chunk
+          hasher?.update(c); // here, not as a stream stage of its own: each costs a few µs a chunk
           yield c;
         }
         // A body that ends short without an error is the store's answer, judged by the caller.
@@ -164,12 +166,12 @@ export async function streamObject(source: ObjectSource, info: ObjectInfo, sink:
   try {
     await pipeline(bytes(), sink);
   } catch (err) {
-    await opts.sha256?.().catch(() => {}); // ended either way
+    await digests?.().catch(() => {}); // ended either way
     if (err === TOO_BIG) return { kind: 'overflow' };
     if (isObjectError(err, 'GONE')) return { kind: 'gone' };
     throw err;
   }
-  return { kind: 'bytes', hashes: hasher.result(await opts.sha256?.()) };
+  return { kind: 'bytes', hashes: digests ? { size: seen, ...(await digests()) } : hasher!.result() };
 }
 
 /** A new temp file of the cache for one object's bytes (pid first: sweepTmp removes a dead process's). */

@@ -4,6 +4,7 @@ import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { MultiHasher } from '../../src/objects/hashes.ts';
 import { EntryHashes } from '../../src/tar/hash-thread.ts';
 import { takeBuffer } from '../../src/util/direct-io.ts';
 
@@ -63,6 +64,33 @@ describe('EntryHashes', () => {
       const xHex = expectX.digest('hex');
       expect(await x.digest()).toBe(xHex);
       expect(await x.digest()).toBe(xHex); // asked again (a caller's error path): the same answer, not a new hash's
+    } finally {
+      await hashes.close();
+    }
+  });
+
+  it("gives a bucket object's CRC32C and MD5 as hash-wasm and node:crypto do, from slices at any offset and length", async () => {
+    const hashes = new EntryHashes();
+    try {
+      const shared = new SharedArrayBuffer(1 << 20);
+      const bytes = new Uint8Array(shared);
+      for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 2654435761) >>> 24;
+      // The check value of the CRC32C catalogue ("123456789" → 0xE3069283), alone and unaligned.
+      bytes.set(Buffer.from('123456789'), 5);
+      const check = hashes.openObject(false);
+      await check.update(Buffer.from(shared, 5, 9), 9);
+      expect(await check.digests()).toEqual({ sha256: createHash('sha256').update('123456789').digest('hex'), crc32c: Buffer.from('e3069283', 'hex').toString('base64') });
+
+      const whole = hashes.openObject(true);
+      const oracle = await MultiHasher.create({ md5: true });
+      // Lengths around the 16-byte blocks, offsets off the 4-byte words, and one large slice.
+      for (const [offset, length] of [[0, 1], [1, 15], [3, 16], [7, 17], [64, 4096 + 5], [2, 1 << 19], [1000, 33]] as const) {
+        await whole.update(Buffer.from(shared, offset, length), length);
+        oracle.update(bytes.subarray(offset, offset + length));
+      }
+      const want = oracle.result();
+      expect(await whole.digests()).toEqual({ sha256: want.sha256, crc32c: want.crc32c, md5: want.md5 });
+      expect(await whole.digest()).toBe(want.sha256);
     } finally {
       await hashes.close();
     }
