@@ -56,7 +56,7 @@ describe('fetchObjectInto', () => {
 
   it('refuses bytes that differ from the store by CRC32C, or by MD5 when it gives no CRC32C', async () => {
     const damaged = Buffer.from(data);
-    damaged[2 << 20] ^= 1;
+    damaged.writeUInt8(damaged.readUInt8(2 << 20) ^ 1, 2 << 20);
     const byCrc = { bucket: 'b', key: 'k', size: data.length, generation: '1', crc32c: await crc32c(data) };
     const err = await rejection(fetchObjectInto(source(byCrc, damaged), byCrc, await bundleFor(path, data.length), path));
     expect(isObjectError(err, 'MISMATCH')).toBe(true);
