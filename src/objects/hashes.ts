@@ -3,17 +3,12 @@ import { createReadStream } from 'node:fs';
 import { Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createCRC32, type IHasher } from 'hash-wasm';
+import type { ObjectDigests } from '../tar/hash-thread.ts';
 import { QUEUE_BYTES } from '../util/queue-bytes.ts';
 
-/** What one pass over an object's bytes yields, in the encodings GCS and the bundle use. */
-export interface ObjectHashes {
+/** What one pass over an object's bytes yields: its digests (ObjectDigests' encodings) and size. */
+export interface ObjectHashes extends ObjectDigests {
   size: number;
-  /** Lowercase hex. */
-  sha256: string;
-  /** base64 of the raw digest, as GCS's md5Hash; absent when not asked for. */
-  md5?: string;
-  /** base64 of the big-endian 4-byte value, as GCS's crc32c. */
-  crc32c: string;
 }
 
 const CHUNK = 1 << 20;
@@ -22,33 +17,32 @@ const CASTAGNOLI = 0x82f63b78;
 
 /** A pass-through Transform that hashes (sha256, crc32c, md5 if asked) and counts what flows through it. */
 export class MultiHasher extends Transform {
-  private readonly sha256: Hash | undefined;
+  private readonly sha256: Hash;
   private readonly md5: Hash | undefined;
   private readonly crc: IHasher;
   private done: ObjectHashes | undefined;
   size = 0;
 
-  private constructor(crc: IHasher, md5: boolean, sha256: boolean) {
+  private constructor(crc: IHasher, md5: boolean) {
     super({ highWaterMark: QUEUE_BYTES });
     this.crc = crc;
     this.md5 = md5 ? createHash('md5') : undefined;
-    this.sha256 = sha256 ? createHash('sha256') : undefined;
+    this.sha256 = createHash('sha256');
   }
 
   /**
    * Async because hash-wasm instantiates its WebAssembly module on first use. MD5 costs more CPU
    * than the other two together; callers skip it when the store gives a CRC32C to check instead.
-   * `sha256: false`: it is computed elsewhere (on a thread, as the bytes are written) and handed
-   * to `result`.
+   * (A bundle written in place hashes its objects on a thread instead: tar/hash-thread.ts.)
    */
-  static async create(opts: { md5?: boolean; sha256?: boolean } = {}): Promise<MultiHasher> {
-    return new MultiHasher(await createCRC32(CASTAGNOLI), opts.md5 ?? true, opts.sha256 ?? true);
+  static async create(opts: { md5?: boolean } = {}): Promise<MultiHasher> {
+    return new MultiHasher(await createCRC32(CASTAGNOLI), opts.md5 ?? true);
   }
 
   /** Hashes bytes without a stream (tests, small buffers). */
   update(chunk: Uint8Array): this {
     if (this.done) throw new Error('MultiHasher: update() after result()');
-    this.sha256?.update(chunk);
+    this.sha256.update(chunk);
     this.md5?.update(chunk);
     this.crc.update(chunk);
     this.size += chunk.length;
@@ -60,14 +54,11 @@ export class MultiHasher extends Transform {
     cb(null, chunk);
   }
 
-  /** The digests of everything seen; callable more than once, but ends hashing. `sha256`: the one computed elsewhere. */
-  result(sha256?: string): ObjectHashes {
-    if (this.done) return this.done;
-    const whole = this.sha256?.digest('hex') ?? sha256;
-    if (whole === undefined) throw new Error('MultiHasher: created without sha256, and none given to result()');
-    this.done = {
+  /** The digests of everything seen; callable more than once, but ends hashing. */
+  result(): ObjectHashes {
+    this.done ??= {
       size: this.size,
-      sha256: whole,
+      sha256: this.sha256.digest('hex'),
       ...(this.md5 ? { md5: this.md5.digest('base64') } : {}),
       crc32c: Buffer.from(this.crc.digest('binary')).toString('base64'),
     };

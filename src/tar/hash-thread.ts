@@ -244,10 +244,13 @@ export interface EntryHash {
   digest(): Promise<string>;
 }
 
-/** A bucket object's digests, in GCS's encodings: sha256 hex, crc32c and md5 base64. */
+/** A bucket object's digests, in the encodings GCS and the bundle use. */
 export interface ObjectDigests {
+  /** Lowercase hex. */
   sha256: string;
+  /** base64 of the big-endian 4-byte value, as GCS's crc32c. */
   crc32c: string;
+  /** base64 of the raw digest, as GCS's md5Hash; absent when not asked for. */
   md5?: string;
 }
 
