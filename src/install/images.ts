@@ -1,3 +1,4 @@
+import pLimit from 'p-limit';
 import type { LoginOptions } from '../oci/auth/credentials.ts';
 import { copyGraph, type CopyEvent, type CopyResult } from '../oci/copy.ts';
 import { walkGraph } from '../oci/graph.ts';
@@ -8,7 +9,7 @@ import { registryClient } from '../oci/stores.ts';
 import type { RegistryClient } from '../oci/registry/client.ts';
 import { RemoteRepository } from '../oci/registry/repository.ts';
 import { FallbackSource } from '../oci/fallback.ts';
-import type { BlobOrigin, LayoutFiles } from '../oci/types.ts';
+import type { BlobOrigin, Descriptor, LayoutFiles } from '../oci/types.ts';
 import type { BundleImage } from '../bundle/manifest.ts';
 
 /** `--registry HOST[:PORT]/PREFIX`, split; the prefix may be empty or several levels deep. */
@@ -36,10 +37,22 @@ export interface PushedImage {
   result: CopyResult;
 }
 
+/** A blob one repository is uploading now: others that need it wait and mount it from there. */
+interface Claim {
+  repository: string;
+  done: Promise<BlobOrigin>;
+  resolve(origin: BlobOrigin): void;
+  reject(err: unknown): void;
+}
+
 /**
  * Pushes every image of the bundle into `PREFIX/<name>:<tag>`, reading blobs from the bundle by
  * offset; digests stay the same; blobs the registry already has are skipped; a blob pushed to
- * one repository is mounted into the next instead of uploaded again; tags are written last.
+ * one repository is mounted into the others instead of uploaded again; tags are written last.
+ * The images go side by side, their blobs through one limiter of `concurrency` transfers: one
+ * after another, each image's last large blobs left lanes idle while the next image waited
+ * (4 GiB bed: the first image's two 515 MB layers alone for 5 s). A blob another image is
+ * uploading is waited for and mounted, never sent twice.
  */
 export async function pushImages(
   images: BundleImage[],
@@ -63,26 +76,61 @@ export async function pushImages(
   // A delta's unchanged images are tagged from the manifests already in the target.
   const src = opts.locate ? new FallbackSource(layoutReader, opts.locate) : layoutReader;
   const { locate } = opts;
+  const limit = pLimit({ concurrency: opts.concurrency ?? 4, rejectOnClear: true });
   const seen = new Map<string, BlobOrigin>();
-  const pushed: PushedImage[] = [];
-  for (const image of images) {
-    const repository = targetRepository(target, image.name);
-    const dst = new RemoteRepository(client, repository);
-    const result = await copyGraph(src, dst, image.ref, image.tag, {
-      ...(opts.concurrency ? { concurrency: opts.concurrency } : {}),
-      mountFrom: (d) => seen.get(d.digest) ?? locate?.(d.digest)?.origin,
-      onEvent: (e) => {
-        if (e.type === 'blob-done' && !seen.has(e.digest)) seen.set(e.digest, { registry: target.host, repository });
-        opts.onEvent?.(image.name, e);
-      },
-    });
-    // Everything under this image is in `repository` now, also what an interrupted earlier run
-    // pushed (a stored manifest's subtree is skipped without events): later images mount those
-    // blobs from here instead of uploading them again.
-    for (const b of (await walkGraph(src, { mediaType: result.mediaType, digest: result.digest, size: result.size })).blobs) {
-      if (!seen.has(b.digest)) seen.set(b.digest, { registry: target.host, repository });
-    }
-    pushed.push({ name: image.name, repository, tag: image.tag, digest: result.digest, result });
-  }
-  return pushed;
+  const claims = new Map<string, Claim>();
+  // Asked just before a blob would be uploaded into `repository`: where to mount it from instead.
+  const mountFrom = (repository: string) => async (d: Descriptor): Promise<BlobOrigin | undefined> => {
+    const known = seen.get(d.digest) ?? locate?.(d.digest)?.origin;
+    if (known) return known;
+    const claim = claims.get(d.digest);
+    if (claim) return claim.repository === repository ? undefined : claim.done;
+    claims.set(d.digest, claimFor(repository));
+    return undefined;
+  };
+  const failures: unknown[] = [];
+  const settled = await Promise.allSettled(
+    images.map(async (image): Promise<PushedImage> => {
+      const repository = targetRepository(target, image.name);
+      const here: BlobOrigin = { registry: target.host, repository };
+      const dst = new RemoteRepository(client, repository);
+      try {
+        const result = await copyGraph(src, dst, image.ref, image.tag, {
+          limit,
+          mountFrom: mountFrom(repository),
+          onEvent: (e) => {
+            if (e.type === 'blob-done') {
+              if (!seen.has(e.digest)) seen.set(e.digest, here);
+              const claim = claims.get(e.digest);
+              if (claim?.repository === repository) claim.resolve(seen.get(e.digest)!);
+            }
+            opts.onEvent?.(image.name, e);
+          },
+        });
+        // Everything under this image is in `repository` now, also what an interrupted earlier run
+        // pushed (a stored manifest's subtree is skipped without events): images still pushing
+        // mount those blobs from here instead of uploading them again.
+        for (const b of (await walkGraph(src, { mediaType: result.mediaType, digest: result.digest, size: result.size })).blobs) {
+          if (!seen.has(b.digest)) seen.set(b.digest, here);
+        }
+        return { name: image.name, repository, tag: image.tag, digest: result.digest, result };
+      } catch (err) {
+        failures.push(err);
+        // Whoever waits for a blob this image was uploading fails too, rather than wait forever.
+        for (const c of claims.values()) if (c.repository === repository) c.reject(err);
+        throw err;
+      }
+    }),
+  );
+  // The first failure, not the aborts it caused by clearing the shared queue.
+  if (failures.length > 0) throw failures.find((e) => !(e instanceof DOMException && e.name === 'AbortError')) ?? failures[0];
+  return settled.map((r) => (r as PromiseFulfilledResult<PushedImage>).value);
+}
+
+function claimFor(repository: string): Claim {
+  let resolve!: (origin: BlobOrigin) => void;
+  let reject!: (err: unknown) => void;
+  const done = new Promise<BlobOrigin>((res, rej) => ((resolve = res), (reject = rej)));
+  done.catch(() => {}); // seen by the waiters, if any
+  return { repository, done, resolve, reject };
 }

@@ -1,4 +1,4 @@
-import pLimit from 'p-limit';
+import pLimit, { type LimitFunction } from 'p-limit';
 import { OciError } from './errors.ts';
 import { parseManifest, resolveRoot } from './graph.ts';
 import { isIndex, isManifest } from './media-types.ts';
@@ -18,14 +18,17 @@ export interface CopyOptions {
   platform?: Platform;
   /** Blob transfers at once. */
   concurrency?: number;
+  /** A limiter shared with other copies running beside this one (instead of `concurrency`): their transfers at once, together. */
+  limit?: LimitFunction;
   /** Extra annotations for the destination's index entry (layouts keep them). */
   annotations?: Record<string, string>;
   onEvent?: (event: CopyEvent) => void;
   /**
    * Where else on the destination's registry a blob already is (a sibling repository pushed
-   * earlier): the destination mounts it from there instead of uploading it again.
+   * earlier, or being pushed there now: the answer may wait for that push): the destination
+   * mounts it from there instead of uploading it again.
    */
-  mountFrom?: (desc: Descriptor) => BlobOrigin | undefined;
+  mountFrom?: (desc: Descriptor) => BlobOrigin | undefined | Promise<BlobOrigin | undefined>;
 }
 
 export interface CopyResult {
@@ -51,7 +54,7 @@ export interface CopyResult {
  */
 export async function copyGraph(src: ReadTarget, dst: WriteTarget, srcReference: string, dstReference: string, opts: CopyOptions = {}): Promise<CopyResult> {
   const emit = opts.onEvent ?? (() => {});
-  const limit = pLimit({ concurrency: opts.concurrency ?? 4, rejectOnClear: true });
+  const limit = opts.limit ?? pLimit({ concurrency: opts.concurrency ?? 4, rejectOnClear: true });
   const result: CopyResult = {
     digest: '',
     mediaType: '',
@@ -90,7 +93,7 @@ export async function copyGraph(src: ReadTarget, dst: WriteTarget, srcReference:
         let moved = 0;
         if (!(await dst.hasBlob(desc))) {
           emit({ type: 'blob-start', digest: desc.digest, size: desc.size });
-          const origin = src.origin ?? opts.mountFrom?.(desc);
+          const origin = src.origin ?? (await opts.mountFrom?.(desc));
           const pushed = await dst.pushBlob(desc, (offset) => src.openBlob(desc, offset), {
             ...(origin ? { origin } : {}),
             ...(src.verifiedBlobs ? { verified: true } : {}),

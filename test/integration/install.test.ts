@@ -4,6 +4,8 @@ import { join } from 'node:path';
 import { DeleteObjectCommand, GetObjectCommand } from '@aws-sdk/client-s3';
 import { beforeAll, describe, expect, inject, it } from 'vitest';
 import { openBundle } from '../../src/bundle/reader.ts';
+import { walkGraph } from '../../src/oci/graph.ts';
+import { LayoutReader } from '../../src/oci/layout/reader.ts';
 import { installArgs, installEnv, objectsIn, repoExists, s3 } from './install-target.ts';
 import { runCli } from './cli.ts';
 import { authFile, sha256, skopeo } from './helpers.ts';
@@ -68,6 +70,13 @@ describe('install: bundle → TLS registry, S3 and values.yaml', () => {
     expect(receipt.bundle.sha256).toBe(sha256(await readFile(good)));
     expect(receipt.bundle.verified).toBe(true);
     expect(receipt.registry.images.map((i: { digest: string }) => i.digest).sort()).toEqual(fixture.images.map((i) => i.digest).sort());
+    // The images go side by side: a blob they share is uploaded once and mounted everywhere else.
+    const b = await openBundle(good);
+    const layout = new LayoutReader(b.layoutFiles('images/'));
+    const graphs = await Promise.all(b.manifest.images.map(async (i) => walkGraph(layout, await layout.resolve(i.ref))));
+    const blobs = receipt.registry.images.map((i: { blobs: { uploaded: number; mounted: number; existed: number } }) => i.blobs);
+    expect(blobs.reduce((n: number, c: { uploaded: number }) => n + c.uploaded, 0)).toBe(new Set(graphs.flatMap((g) => g.blobs.map((d) => d.digest))).size);
+    expect(blobs.reduce((n: number, c: { uploaded: number; mounted: number; existed: number }) => n + c.uploaded + c.mounted + c.existed, 0)).toBe(graphs.reduce((n, g) => n + g.blobs.length, 0));
     expect(receipt.storage.objects).toHaveLength(customer.length);
     expect(JSON.stringify(receipt)).not.toContain(bed.private.password);
     expect(JSON.stringify(receipt)).not.toContain(bed.s3.secretAccessKey);
