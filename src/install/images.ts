@@ -79,6 +79,12 @@ export async function pushImages(
   const limit = pLimit({ concurrency: opts.concurrency ?? 4, rejectOnClear: true });
   const seen = new Map<string, BlobOrigin>();
   const claims = new Map<string, Claim>();
+  // Which repositories each blob goes to: one an interrupted run left it in is mounted from.
+  const holders = new Map<string, string[]>();
+  for (const image of images) {
+    const repository = targetRepository(target, image.name);
+    for (const b of (await walkGraph(src, await src.resolve(image.ref))).blobs) holders.set(b.digest, [...(holders.get(b.digest) ?? []), repository]);
+  }
   // Asked just before a blob would be uploaded into `repository`: where to mount it from instead.
   const mountFrom = (repository: string) => async (d: Descriptor): Promise<BlobOrigin | undefined> => {
     const known = seen.get(d.digest) ?? locate?.(d.digest)?.origin;
@@ -86,6 +92,13 @@ export async function pushImages(
     const claim = claims.get(d.digest);
     if (claim) return claim.repository === repository ? undefined : claim.done;
     claims.set(d.digest, claimFor(repository));
+    for (const other of holders.get(d.digest) ?? []) {
+      if (other !== repository && (await new RemoteRepository(client, other).hasBlob(d))) {
+        const origin = { registry: target.host, repository: other };
+        seen.set(d.digest, origin);
+        return origin;
+      }
+    }
     return undefined;
   };
   const failures: unknown[] = [];
