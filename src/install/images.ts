@@ -113,9 +113,10 @@ export async function pushImages(
           mountFrom: mountFrom(repository),
           onEvent: (e) => {
             if (e.type === 'blob-done') {
-              if (!seen.has(e.digest)) seen.set(e.digest, here);
+              const origin = seen.get(e.digest) ?? here;
+              seen.set(e.digest, origin);
               const claim = claims.get(e.digest);
-              if (claim?.repository === repository) claim.resolve(seen.get(e.digest)!);
+              if (claim?.repository === repository) claim.resolve(origin);
             }
             opts.onEvent?.(image.name, e);
           },
