@@ -79,11 +79,15 @@ export async function pushImages(
   const limit = pLimit({ concurrency: opts.concurrency ?? 4, rejectOnClear: true });
   const seen = new Map<string, BlobOrigin>();
   const claims = new Map<string, Claim>();
-  // Which repositories each blob goes to: one an interrupted run left it in is mounted from.
+  // Each image's blobs, and which repositories each blob goes to: one an interrupted run left it
+  // in is mounted from.
+  const blobsOf = new Map<BundleImage, Descriptor[]>();
   const holders = new Map<string, string[]>();
   for (const image of images) {
     const repository = targetRepository(target, image.name);
-    for (const b of (await walkGraph(src, await src.resolve(image.ref))).blobs) holders.set(b.digest, [...(holders.get(b.digest) ?? []), repository]);
+    const { blobs } = await walkGraph(src, await src.resolve(image.ref));
+    blobsOf.set(image, blobs);
+    for (const b of blobs) holders.set(b.digest, [...(holders.get(b.digest) ?? []), repository]);
   }
   // Asked just before a blob would be uploaded into `repository`: where to mount it from instead.
   const mountFrom = (repository: string) => async (d: Descriptor): Promise<BlobOrigin | undefined> => {
@@ -124,9 +128,7 @@ export async function pushImages(
         // Everything under this image is in `repository` now, also what an interrupted earlier run
         // pushed (a stored manifest's subtree is skipped without events): images still pushing
         // mount those blobs from here instead of uploading them again.
-        for (const b of (await walkGraph(src, { mediaType: result.mediaType, digest: result.digest, size: result.size })).blobs) {
-          if (!seen.has(b.digest)) seen.set(b.digest, here);
-        }
+        for (const b of blobsOf.get(image) ?? []) if (!seen.has(b.digest)) seen.set(b.digest, here);
         return { name: image.name, repository, tag: image.tag, digest: result.digest, result };
       } catch (err) {
         failures.push(err);
