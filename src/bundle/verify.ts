@@ -16,10 +16,11 @@ import type { Descriptor } from '../oci/types.ts';
 import { reliedDigests } from './delta.ts';
 import { isOciError } from '../oci/errors.ts';
 import { keyFingerprint } from './keys.ts';
-import { SIGNATURE_PATH, type AnyManifest } from './manifest.ts';
+import { SIGNATURE_PATH, type AnyManifest, type VolumeEntry } from './manifest.ts';
 import { BundleError, type BundleTar, type OpenedBundle } from './reader.ts';
 import { verifyManifest } from './sign.ts';
 import { RangeReader } from '../util/read-range.ts';
+import type { EntryHashes } from '../tar/hash-thread.ts';
 
 export interface VerifyOptions {
   /** Absent: the caller chose to skip the signature (--insecure-skip-signature). */
@@ -38,6 +39,12 @@ export interface VerifyOptions {
    * cache: it sends the same bytes right after, and a second thread hashes the file beside it.
    */
   aroundPageCache?: boolean;
+  /**
+   * A hashing thread to share the entries with: it and this thread each take the next whole entry
+   * in file order, so the check runs on two cores (install, whose servers wait for it). Pieces of
+   * split entries stay on this thread, which joins their hashes in order. The caller closes it.
+   */
+  thread?: EntryHashes;
 }
 
 export interface VerifyResult {
@@ -72,22 +79,45 @@ export async function verifyBundle(b: OpenedBundle, opts: VerifyOptions = {}): P
       throw new BundleError('IO', `cannot open ${t.file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
     });
     const reader = new RangeReader(file);
-    try {
-      for (const e of t.listing) {
-        if (opts.only && !opts.only(e.piece?.of ?? e.path)) {
-          skipped++;
-          continue;
+    const listed = t.listing.filter((e) => !opts.only || opts.only(e.piece?.of ?? e.path));
+    skipped += t.listing.length - listed.length;
+    const pieces = listed.filter((e) => e.piece);
+    const wholes = listed.filter((e) => !e.piece);
+    let next = 0;
+    let failed = false;
+    const done = (e: VolumeEntry): void => {
+      bytes += e.size;
+      entries++;
+    };
+    // Each lane takes the next whole entry until none is left or the other lane failed.
+    const lane = async (hash: (e: VolumeEntry) => Promise<void>): Promise<void> => {
+      try {
+        while (!failed && next < wholes.length) {
+          const e = wholes[next++]!;
+          await hash(e);
+          done(e);
         }
-        const whole = e.piece && b.complete ? sizes.get(e.piece.of) : undefined;
+      } catch (err) {
+        failed = true;
+        throw err;
+      }
+    };
+    const here = (e: VolumeEntry): Promise<void> => hashEntry(t, reader, e.path, e.size, e.sha256, where, opts.onEntry);
+    try {
+      for (const e of pieces) {
+        const whole = b.complete ? sizes.get(e.piece!.of) : undefined;
         const join = whole && (joined.get(whole.path) ?? joined.set(whole.path, createHash('sha256')).get(whole.path)!);
         await hashEntry(t, reader, e.path, e.size, e.sha256, where, opts.onEntry, join);
         if (whole && join && e.piece!.offset + e.size === whole.size) {
           const got = join.digest('hex');
           if (got !== whole.sha256) throw bad(`bundle.json contradicts itself: the pieces of ${whole.path} verify one by one but join to sha256 ${got}, not the ${whole.sha256} it lists`);
         }
-        bytes += e.size;
-        entries++;
+        done(e);
       }
+      const thread = opts.thread;
+      const results = await Promise.allSettled([lane(here), ...(thread ? [lane((e) => hashOnThread(thread, t, e.path, e.size, e.sha256, where, opts.onEntry))] : [])]);
+      const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failure) throw failure.reason;
     } finally {
       await file.close();
       reader.release();
@@ -163,8 +193,26 @@ async function hashEntry(t: BundleTar, reader: RangeReader, path: string, size: 
   }
   // Other than listed: the file shrank after the scan, or the tar entry is not the one listed.
   if (n !== size) throw bad(`${where}${path}: only ${n} of its ${size} bytes could be read (the bundle file was truncated or changed)`);
-  const got = hash.digest('hex');
-  if (got !== sha256) throw bad(`${where}${path} is damaged or changed: its sha256 is ${got}, bundle.json says ${sha256}`);
+  checkSha256(where, path, hash.digest('hex'), sha256);
+}
+
+function checkSha256(where: string, path: string, got: string, want: string): void {
+  if (got !== want) throw bad(`${where}${path} is damaged or changed: its sha256 is ${got}, bundle.json says ${want}`);
+}
+
+/** hashEntry's check on a hashing thread, which reads the entry from the file itself. */
+async function hashOnThread(thread: EntryHashes, t: BundleTar, path: string, size: number, sha256: string, where: string, onEntry: VerifyOptions['onEntry']): Promise<void> {
+  onEntry?.(path, 0, size);
+  const at = t.extent(path);
+  if (!at) throw bad(`${where}${path} is listed in bundle.json but not in the tar`);
+  let got: string;
+  try {
+    got = await thread.open({ path: t.file, start: at.offset, end: at.offset + at.size }).digest();
+  } catch (err) {
+    throw new BundleError('IO', `reading ${path} from ${t.file} failed: ${(err as Error).message}`, { cause: err });
+  }
+  checkSha256(where, path, got, sha256);
+  onEntry?.(path, size, size);
 }
 
 /** Each image must be in images/index.json under its ref with its digest, or the installer cannot find it. */

@@ -53,6 +53,7 @@ export default class Install extends AirgapCommand {
     'pull-secret': Flags.string({ description: 'name of the image pull secret you create in the cluster' }),
     'dry-run': Flags.boolean({ description: 'verify and print the plan; push, upload and write nothing' }),
     concurrency: Flags.integer({ description: 'blobs transferred at once', default: 4, min: 1, max: 64 }),
+    'file-sha256': Flags.boolean({ description: 'also record the bundle file\'s own sha256 (each volume\'s) in the receipt: one more pass over the file (without it the receipt names the bundle by its signed bundle.json\'s sha256)' }),
     json: Flags.boolean({ description: 'print one JSON summary on stdout and nothing else' }),
   };
 
@@ -129,6 +130,7 @@ export default class Install extends AirgapCommand {
         dryRun: flags['dry-run'],
         concurrency: flags.concurrency,
         toolVersion: toolVersion(),
+        fileSha256: flags['file-sha256'],
       }),
       {
         ...listrOptions(flags.json),

@@ -7,10 +7,11 @@ export interface Receipt {
   startedAt: string;
   finishedAt: string;
   /**
-   * The bundle file's sha256 and size; for a split bundle, which has no one file, the sha256 of the
-   * bundle.json every volume carries, the volumes' total size, and each volume's own. A file's
-   * sha256 is null when the run had nothing to send, so read only bundle.json and the chart;
-   * `manifestSha256` (bundle.json's, which lists every entry's sha256) identifies the bundle always.
+   * The bundle file's size, and its sha256 when asked for (`--file-sha256`: one more pass over the
+   * file, null otherwise); for a split bundle, which has no one file, the sha256 of the bundle.json
+   * every volume carries, the volumes' total size, and each volume's own (sha256 likewise).
+   * `manifestSha256` (bundle.json's: the signature covers it, and it lists every entry's sha256)
+   * identifies the bundle always.
    */
   bundle: { path: string; sha256: string | null; manifestSha256: string; size: number; volumes?: { path: string; sha256: string | null; size: number }[]; signer: string | null; verified: boolean; release: { version: string; tag: string } };
   registry: { endpoint: string; images: { name: string; repository: string; tag: string; digest: string; blobs: { uploaded: number; mounted: number; existed: number }; bytesUploaded: number }[] } | null;

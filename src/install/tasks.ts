@@ -10,6 +10,7 @@ import type { EndpointOptions, Transport } from '../oci/http/transport.ts';
 import type { PutResult, S3Sink } from '../objects/s3.ts';
 import type { Facts } from '../render/values.ts';
 import { writeFileAtomic } from '../util/atomic.ts';
+import { EntryHashes } from '../tar/hash-thread.ts';
 import { fileSha256 } from '../util/file-sha256.ts';
 import { mib } from '../util/format.ts';
 import { mapBounded } from '../util/bounded.ts';
@@ -37,6 +38,8 @@ export interface InstallOptions {
   dryRun: boolean;
   concurrency: number;
   toolVersion: string;
+  /** Also take the bundle file's own sha256 (each volume's) for the receipt: one more pass over it. */
+  fileSha256: boolean;
 }
 
 export interface InstallContext {
@@ -46,7 +49,7 @@ export interface InstallContext {
   /** What the target lacks. */
   plan?: InstallPlan;
   fingerprint?: string | null;
-  /** The bundle file's sha256 (a split bundle: bundle.json's); null when this run had nothing to send and so did not read it. */
+  /** The bundle file's sha256 (a split bundle: bundle.json's); null unless asked for (`fileSha256`). */
   bundleSha256?: string | null;
   /** The sha256 of bundle.json, which lists every entry's: the bundle's identity, known without reading the payload. */
   manifestSha256?: string;
@@ -112,17 +115,19 @@ export function installTasks(o: InstallOptions): ListrTask<InstallContext>[] {
         // Read only what is used: the chart always, image blobs if any image is sent, the artifacts sent.
         const used = new Set([m.release.archive.path, ...p.toUpload.map((a) => a.path)]);
         const images = p.imagesToPush.length > 0;
-        const sending = images || p.toUpload.length > 0;
+        // The servers wait for this phase: the entries are hashed on two cores, or, when the
+        // files' own sha256s are asked for, those on one and the entries on the other.
+        const thread = o.fileSha256 ? undefined : new EntryHashes();
         const [result, shas] = await Promise.all([
           verifyBundle(o.bundle, {
             ...(o.publicKey ? { publicKey: o.publicKey } : {}),
+            ...(thread ? { thread } : {}),
             only: (path) => used.has(path) || (images && path.startsWith('images/')),
             onEntry: (path, bytes, total) => {
               if (bytes === total) show(`${++done} entries checked, last ${path}`);
             },
-          }),
-          // The files' own sha256s for the receipt, on another core, when their payload is read anyway.
-          sending ? tarSha256s(o.bundle) : Promise.resolve(undefined),
+          }).finally(() => thread?.close()),
+          o.fileSha256 ? tarSha256s(o.bundle) : Promise.resolve(undefined),
         ]);
         ctx.fingerprint = result.fingerprint;
         ctx.manifestSha256 = createHash('sha256').update(o.bundle.manifestBytes).digest('hex');

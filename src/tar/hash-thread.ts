@@ -124,10 +124,13 @@ function update(h, u8) {
   h.md5?.update(u8);
   if (h.crc !== undefined) h.crc = crc32c(h.crc, u8);
 }
+// One read buffer for every range: a fresh 4 MiB per entry (install checks hundreds this way) is
+// garbage the thread's heap keeps until a full collection.
+let readBuffer;
 function hashFile(h, path, start, end) {
   const fd = fs.openSync(path, 'r');
   try {
-    const buf = Buffer.allocUnsafe(Math.min(4 << 20, Math.max(1, end - start)));
+    const buf = (readBuffer ??= Buffer.allocUnsafe(4 << 20));
     for (let at = start; at < end; ) {
       const n = fs.readSync(fd, buf, 0, Math.min(buf.length, end - at), at);
       if (n === 0) throw new Error(path + ' ended at byte ' + at + ', before ' + end);

@@ -7,6 +7,7 @@ import { openBundle } from '../../src/bundle/reader.ts';
 import { walkGraph } from '../../src/oci/graph.ts';
 import { LayoutReader } from '../../src/oci/layout/reader.ts';
 import { installArgs, installEnv, objectsIn, repoExists, s3 } from './install-target.ts';
+import { run } from '../testbed/run.ts';
 import { runCli } from './cli.ts';
 import { authFile, sha256, skopeo } from './helpers.ts';
 
@@ -67,7 +68,9 @@ describe('install: bundle → TLS registry, S3 and values.yaml', () => {
     expect(await readFile(join(out, '.env'), 'utf8')).toContain(`IMAGE_REGISTRY=${bed.private.host}/${prefix}`);
 
     const receipt = JSON.parse(await readFile(summary.receipt!, 'utf8')) as Record<string, any>;
-    expect(receipt.bundle.sha256).toBe(sha256(await readFile(good)));
+    // No --file-sha256: the signed bundle.json's sha256 names the bundle (`tar -xOf … bundle.json | sha256sum`).
+    expect(receipt.bundle.sha256).toBeNull();
+    expect(receipt.bundle.manifestSha256).toBe(sha256(await run('tar', ['-xOf', good, 'bundle.json'])));
     expect(receipt.bundle.verified).toBe(true);
     expect(receipt.registry.images.map((i: { digest: string }) => i.digest).sort()).toEqual(fixture.images.map((i) => i.digest).sort());
     // The images go side by side: a blob they share is uploaded once and mounted everywhere else.
@@ -94,7 +97,7 @@ describe('install: bundle → TLS registry, S3 and values.yaml', () => {
     const summary = JSON.parse(r.stdout) as Summary & { bundle: { sha256: string | null; manifestSha256: string } };
     expect(summary.images!.reduce((n, i) => n + i.blobsUploaded, 0)).toBe(0);
     expect(summary.artifacts).toEqual({ uploaded: 0, skipped: b.manifest.artifacts.length });
-    // Not read whole, so no file sha256; bundle.json's (signed, listing every entry's) names the bundle.
+    // No file sha256 unless asked for; bundle.json's (signed, listing every entry's) names the bundle.
     expect(summary.bundle.sha256).toBeNull();
     expect(summary.bundle.manifestSha256).toBe(sha256(b.manifestBytes));
     const receipt = JSON.parse(await readFile(summary.receipt!, 'utf8')) as { storage: { objects: { etag?: string }[] } };
@@ -106,7 +109,7 @@ describe('install: bundle → TLS registry, S3 and values.yaml', () => {
     expect(bad.code).toBe(3);
     expect(bad.stderr).toContain(second!.path);
     expect((await objectsIn(bucket)).map((o) => o.Key)).not.toContain(second!.key);
-    const again = await runCli([...installArgs(good, join(keys, 'bundle.pub'), prefix, bucket, out), '--json'], { env: installEnv });
+    const again = await runCli([...installArgs(good, join(keys, 'bundle.pub'), prefix, bucket, out), '--json', '--file-sha256'], { env: installEnv });
     expect(again.code, again.stderr).toBe(0);
     const s2 = JSON.parse(again.stdout) as Summary & { bundle: { sha256: string | null } };
     expect(s2.artifacts).toEqual({ uploaded: 1, skipped: b.manifest.artifacts.length - 1 });

@@ -11,6 +11,7 @@ import { generateSigningKeyPair } from '../../src/bundle/keys.ts';
 import type { BundleManifest } from '../../src/bundle/manifest.ts';
 import { BundleError, openBundle } from '../../src/bundle/reader.ts';
 import { verifyBundle } from '../../src/bundle/verify.ts';
+import { EntryHashes } from '../../src/tar/hash-thread.ts';
 import { fileEntry, writeBundle, type EntrySource, type WriteBundleOptions } from '../../src/bundle/writer.ts';
 
 const execFileP = promisify(execFile);
@@ -217,6 +218,68 @@ describe('verifyBundle: signatures and hashes', () => {
     expect(await refusal(openBundle(noBlob).then((b) => verifyBundle(b)))).toBe(`bundle.json lists the image cartesia-api:t1 with ${ghost}, but the bundle has no images/blobs/sha256/${'e'.repeat(64)}`);
     const noArt = await withManifest((m) => m.artifacts.push({ ...m.artifacts[0]!, key: 'loras/ghost', path: `artifacts/${BUCKET}/loras/ghost` }));
     expect(await refusal(openBundle(noArt).then((b) => verifyBundle(b)))).toBe(`bundle.json names artifacts/${BUCKET}/loras/ghost, but the bundle has no such entry`);
+  });
+});
+
+describe('verifyBundle with a hashing thread beside (install: the entries on two cores)', () => {
+  const RELEASE = 'release/cartesia-kube-1.0.0.tar.gz';
+  /** A thread that records the file offsets it was asked to hash from. */
+  const recording = (): { thread: EntryHashes; starts: number[] } => {
+    const thread = new EntryHashes();
+    const starts: number[] = [];
+    const open = thread.open.bind(thread);
+    thread.open = (prefix) => {
+      starts.push(prefix!.start);
+      return open(prefix);
+    };
+    return { thread, starts };
+  };
+
+  it('checks the same entries and bytes as this thread alone, the thread taking some of them', async () => {
+    const b = await openBundle(signed);
+    const alone = await verifyBundle(b, { publicKey: pubA });
+    const { thread, starts } = recording();
+    try {
+      const progress = new Map<string, number>();
+      expect(await verifyBundle(b, { publicKey: pubA, thread, onEntry: (p, got, total) => progress.set(p, total - got) })).toEqual(alone);
+      expect(starts.length).toBeGreaterThan(0);
+      expect(starts.length).toBeLessThan(alone.entries);
+      expect([...progress.values()].every((left) => left === 0)).toBe(true);
+      expect(progress.size).toBe(alone.entries);
+    } finally {
+      await thread.close();
+    }
+  });
+
+  // The first whole entry goes to this thread, the next to the hashing thread: a flipped byte in
+  // either is refused alike, and one the hashing thread read short is an IO error naming it.
+  it.each([[RELEASE, 'this thread'], [ART, 'the hashing thread']])('refuses a flipped byte in %s, hashed by %s', async (path) => {
+    const damaged = await openBundle(await flipped(path, 100));
+    const { thread, starts } = recording();
+    try {
+      const err = await verifyBundle(damaged, { publicKey: pubA, thread, only: (p) => p === RELEASE || p === ART }).then(() => undefined, (e: unknown) => e);
+      expect(err).toBeInstanceOf(BundleError);
+      expect((err as Error).message).toMatch(new RegExp(`^${path.replace(/[.]/g, '\\.')} is damaged or changed: its sha256 is [a-f0-9]{64}, bundle\\.json says [a-f0-9]{64}$`));
+      expect(starts).toEqual([damaged.entry(ART)!.offset]);
+    } finally {
+      await thread.close();
+    }
+  });
+
+  it('an entry the hashing thread finds cut short is an IO error naming it', async () => {
+    const out = fresh('cut-after-open.tar');
+    await copyFile(signed, out);
+    const b = await openBundle(out);
+    await truncate(out, b.entry(ART)!.offset + 10);
+    const thread = new EntryHashes();
+    try {
+      const err = await verifyBundle(b, { publicKey: pubA, thread, only: (p) => p === RELEASE || p === ART }).then(() => undefined, (e: unknown) => e);
+      expect(err).toBeInstanceOf(BundleError);
+      expect((err as BundleError).code).toBe('IO');
+      expect((err as Error).message).toContain(`reading ${ART} from ${out} failed`);
+    } finally {
+      await thread.close();
+    }
   });
 });
 
