@@ -1,4 +1,5 @@
 /** The steps of a bundle written in place (direct.ts), with the cache or `--direct`, as the bundle phases call them. */
+import { createHash } from 'node:crypto';
 import { rm, stat } from 'node:fs/promises';
 import pLimit from 'p-limit';
 import { LayoutDirectory } from '../oci/layout/writer.ts';
@@ -37,7 +38,7 @@ export async function planDirect(o: BundleOptions, ctx: BundleContext): Promise<
     const c = await bundleContent(o, ctx, adopted);
     const { json, manifest } = bundleJson({ ...c, ...signing(o) });
     const size = await existingBundle(o.output, json, o.signingKey, old); // throws when it holds another bundle
-    ctx.result = { path: o.output, size: size!, sha256: null, manifest, upToDate: true };
+    ctx.result = { path: o.output, size: size!, sha256: null, manifest, manifestSha256: createHash('sha256').update(json).digest('hex'), upToDate: true };
     await rm(`${o.output}.partial.done`, { force: true }); // left only by a kill between the rename and its removal
     return;
   }
@@ -132,5 +133,5 @@ export async function fetchArtifactsDirect(o: BundleOptions, ctx: BundleContext,
 /** The hash of the whole file (mostly taken while fetching), then the rename. */
 export async function writeDirect(o: BundleOptions, ctx: BundleContext): Promise<WriteBundleResult> {
   const tar = await finishDirect(ctx.direct!);
-  return { path: o.output, size: tar.size, sha256: tar.sha256, manifest: tar.manifest, upToDate: false };
+  return { path: o.output, size: tar.size, sha256: tar.sha256, manifest: tar.manifest, manifestSha256: tar.manifestSha256, upToDate: false };
 }

@@ -22,7 +22,7 @@ import { constants } from 'node:fs';
 import { open, readFile, rename, rm, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { OciError } from '../oci/errors.ts';
-import type { BundleManifest } from './manifest.ts';
+import { MANIFEST_PATH, type BundleManifest } from './manifest.ts';
 import { HashCursor } from '../tar/hash-cursor.ts';
 import { EntryHashes, type EntryHash } from '../tar/hash-thread.ts';
 import { encodeFileHeader, END_OF_ARCHIVE, paddingBytes } from '../tar/header.ts';
@@ -73,6 +73,8 @@ export interface DirectBundle {
   placed: Set<string>;
   /** bundle.json, its signature and SHA256SUMS, once written. */
   manifest?: BundleManifest;
+  /** bundle.json's sha256, once written. */
+  manifestSha256?: string;
 }
 
 const JOURNAL_MAGIC = 'cartesia-airgap direct bundle 1';
@@ -234,6 +236,7 @@ export async function writeHead(d: DirectBundle, head: readonly HeadEntry[], mti
   }
   await d.file.writeBytes(bytes, 0);
   d.manifest = manifest;
+  d.manifestSha256 = createHash('sha256').update(head.find((h) => h.path === MANIFEST_PATH)!.bytes).digest('hex');
   d.cursor.landed(0, d.dataStart);
 }
 
@@ -241,7 +244,7 @@ export async function writeHead(d: DirectBundle, head: readonly HeadEntry[], mti
  * Once every entry and the head are in place: makes the file durable, takes the whole-file hash
  * (by now mostly done) and renames the file to its final name.
  */
-export async function finishDirect(d: DirectBundle): Promise<{ size: number; sha256: string; manifest: BundleManifest }> {
+export async function finishDirect(d: DirectBundle): Promise<{ size: number; sha256: string; manifest: BundleManifest; manifestSha256: string }> {
   try {
     const missing = [...(d.manifest ? [] : ['bundle.json']), ...[...d.places.keys()].filter((path) => !d.placed.has(path))];
     if (missing.length > 0 || !d.manifest) throw new OciError('LAYOUT', `the bundle being written lacks ${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ', …' : ''}`);
@@ -254,7 +257,7 @@ export async function finishDirect(d: DirectBundle): Promise<{ size: number; sha
     await syncDir(dirname(d.output));
     await d.journal.close();
     await rm(`${d.partial}.done`, { force: true });
-    return { size: d.size, sha256, manifest: d.manifest };
+    return { size: d.size, sha256, manifest: d.manifest, manifestSha256: d.manifestSha256! };
   } catch (err) {
     await closeDirect(d);
     throw err;

@@ -99,6 +99,7 @@ export async function writeVolumes(opts: WriteVolumesOptions): Promise<WriteBund
     size: written.reduce((n, w) => n + w.size, 0),
     sha256: createHash('sha256').update(json).digest('hex'),
     manifest,
+    manifestSha256: createHash('sha256').update(json).digest('hex'),
     volumes: written,
   };
 }

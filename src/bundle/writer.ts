@@ -71,6 +71,8 @@ export interface WriteBundleResult {
   /** The bundle file's sha256; for a split bundle, which has no one file, bundle.json's (every volume carries it); null when an identical bundle was already there (it is not read again). */
   sha256: string | null;
   manifest: AnyManifest;
+  /** bundle.json's sha256: what the signature covers, the bundle's identity in install's receipt. */
+  manifestSha256: string;
   /** A split bundle's volume files, in order. */
   volumes?: { path: string; size: number; sha256: string }[];
   /** True when the output already held exactly this bundle, so nothing was written. */
@@ -179,7 +181,8 @@ export async function writeBundle(opts: WriteBundleOptions): Promise<WriteBundle
   // Signed only when it is written: an identical bundle already there is found without signing.
   const { manifest, json } = bundleJson(opts);
   const existing = await existingBundle(opts.output, json, opts.signingKey);
-  if (existing) return { path: opts.output, size: existing, sha256: null, manifest, upToDate: true };
+  const manifestSha256 = createHash('sha256').update(json).digest('hex');
+  if (existing) return { path: opts.output, size: existing, sha256: null, manifest, manifestSha256, upToDate: true };
   const { head } = bundleHead(opts);
 
   const partial = `${opts.output}.partial`;
@@ -193,7 +196,7 @@ export async function writeBundle(opts: WriteBundleOptions): Promise<WriteBundle
   await syncDir(dirname(opts.output));
   // The record of an interrupted `--direct` run, whose partial file this run replaced.
   await rm(`${partial}.done`, { force: true });
-  return { path: opts.output, size: tar.size, sha256: tar.sha256, manifest, upToDate: false };
+  return { path: opts.output, size: tar.size, sha256: tar.sha256, manifest, manifestSha256, upToDate: false };
 }
 
 /** Where entry padding (less than a block) is cut from. */

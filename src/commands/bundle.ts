@@ -141,6 +141,8 @@ export default class Bundle extends AirgapCommand {
       const summary = {
         path: r.path,
         sha256: r.sha256,
+        // bundle.json's: install's receipt names the bundle by it.
+        manifestSha256: r.manifestSha256,
         size: r.size,
         upToDate: r.upToDate,
         signed: Boolean(signingKey),

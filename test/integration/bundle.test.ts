@@ -18,6 +18,7 @@ const name = (repo: string) => repo.split('/').at(-1)!;
 interface Summary {
   path: string;
   sha256: string;
+  manifestSha256: string;
   size: number;
   images: { name: string; tag: string; digest: string }[];
   artifacts: { count: number; bytes: number };
@@ -49,6 +50,8 @@ describe('bundle: the synthetic release, checked by independent tools', () => {
     const x = join(work, 'x1');
     await mkdir(x);
     await run('tar', ['-xf', out1, '-C', x]);
+    // What install's receipt names the bundle by.
+    expect(first.manifestSha256).toBe((await run('sha256sum', [join(x, 'bundle.json')])).split(' ')[0]);
     await writeFile(join(work, 'sig.der'), Buffer.from(await readFile(join(x, 'bundle.json.sig'), 'utf8'), 'base64'));
     expect(await run('openssl', ['dgst', '-sha256', '-verify', join(keys, 'bundle.pub'), '-signature', join(work, 'sig.der'), join(x, 'bundle.json')])).toBe('Verified OK\n');
     await run('sha256sum', ['--strict', '--quiet', '-c', 'SHA256SUMS'], { cwd: x });
@@ -105,7 +108,7 @@ describe('bundle: the synthetic release, checked by independent tools', () => {
     const before = await stat(out1);
     const again = await bundle(out1, args);
     expect(again.r.code, again.r.stderr).toBe(0);
-    expect(again.summary).toMatchObject({ upToDate: true, sha256: null, size: first.size, transferred: { images: 0, artifacts: 0 } });
+    expect(again.summary).toMatchObject({ upToDate: true, sha256: null, manifestSha256: first.manifestSha256, size: first.size, transferred: { images: 0, artifacts: 0 } });
     const after = await stat(out1);
     expect([after.ino, after.mtimeMs]).toEqual([before.ino, before.mtimeMs]);
     // Without --json the phases go to stderr; stdout carries only the result line.

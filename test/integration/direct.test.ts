@@ -2,6 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, inject, it } from 'vitest';
+import { openBundle } from '../../src/bundle/reader.ts';
 import { run } from '../testbed/run.ts';
 import { errorLines, runCli, startCli } from './cli.ts';
 
@@ -15,6 +16,7 @@ const fileSha = async (p: string) => (await run('sha256sum', [p])).split(' ')[0]
 
 interface Summary {
   sha256: string | null;
+  manifestSha256: string;
   size: number;
   upToDate: boolean;
   transferred: { release: number; images: number; artifacts: number };
@@ -58,6 +60,8 @@ describe('bundle --direct: images and artifacts straight into the bundle', () =>
     expect(b.code, b.stderr).toBe(0);
     direct = JSON.parse(b.stdout) as Summary;
     expect(direct.sha256).toBe(cached.sha256);
+    expect(direct.manifestSha256).toBe(cached.manifestSha256);
+    expect(direct.manifestSha256).toBe(createHash('sha256').update((await openBundle(directOut)).manifestBytes).digest('hex'));
     expect(await fileSha(directOut)).toBe(cached.sha256);
     expect(direct.size).toBe((await stat(directOut)).size);
     // Every byte came over the network once, none through the cache.
@@ -79,7 +83,7 @@ describe('bundle --direct: images and artifacts straight into the bundle', () =>
     const before = await stat(directOut);
     const again = await runCli(args(directOut, directCache, ['--direct']));
     expect(again.code, again.stderr).toBe(0);
-    expect(JSON.parse(again.stdout)).toMatchObject({ upToDate: true, sha256: null, size: direct.size, transferred: { images: 0, artifacts: 0 } });
+    expect(JSON.parse(again.stdout)).toMatchObject({ upToDate: true, sha256: null, manifestSha256: direct.manifestSha256, size: direct.size, transferred: { images: 0, artifacts: 0 } });
     const after = await stat(directOut);
     expect([after.ino, after.mtimeMs]).toEqual([before.ino, before.mtimeMs]);
 
