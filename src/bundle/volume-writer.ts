@@ -93,13 +93,15 @@ export async function writeVolumes(opts: WriteVolumesOptions): Promise<WriteBund
     throw err;
   }
   await syncDir(dirname(opts.output));
+  // No one file is the bundle: bundle.json, which every volume carries, names it.
+  const manifestSha256 = createHash('sha256').update(json).digest('hex');
   return {
     upToDate: false,
     path: files[0]!,
     size: written.reduce((n, w) => n + w.size, 0),
-    sha256: createHash('sha256').update(json).digest('hex'),
+    sha256: manifestSha256,
     manifest,
-    manifestSha256: createHash('sha256').update(json).digest('hex'),
+    manifestSha256,
     volumes: written,
   };
 }
