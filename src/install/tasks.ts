@@ -116,8 +116,10 @@ export function installTasks(o: InstallOptions): ListrTask<InstallContext>[] {
         const used = new Set([m.release.archive.path, ...p.toUpload.map((a) => a.path)]);
         const images = p.imagesToPush.length > 0;
         // The servers wait for this phase: the entries are hashed on two cores, or, when the
-        // files' own sha256s are asked for, those on one and the entries on the other.
-        const thread = o.fileSha256 ? undefined : new EntryHashes();
+        // files' own sha256s are asked for, those on one and the entries on the other. A run that
+        // sends nothing checks only the chart, not worth starting a thread for.
+        const sending = images || p.toUpload.length > 0;
+        const thread = sending && !o.fileSha256 ? new EntryHashes() : undefined;
         const [result, shas] = await Promise.all([
           verifyBundle(o.bundle, {
             ...(o.publicKey ? { publicKey: o.publicKey } : {}),
