@@ -179,8 +179,7 @@ async function hashEntry(t: BundleTar, reader: RangeReader, path: string, size: 
   const hash = createHash('sha256');
   let n = 0;
   onEntry?.(path, 0, size);
-  const at = t.extent(path);
-  if (!at) throw bad(`${where}${path} is listed in bundle.json but not in the tar`);
+  const at = extentOf(t, path, where);
   try {
     await reader.read(at.offset, at.size, (chunk) => {
       n += chunk.length;
@@ -196,6 +195,13 @@ async function hashEntry(t: BundleTar, reader: RangeReader, path: string, size: 
   checkSha256(where, path, hash.digest('hex'), sha256);
 }
 
+/** Where `path`'s bytes are in the tar; every entry bundle.json lists must have some. */
+function extentOf(t: BundleTar, path: string, where: string): { offset: number; size: number } {
+  const at = t.extent(path);
+  if (!at) throw bad(`${where}${path} is listed in bundle.json but not in the tar`);
+  return at;
+}
+
 function checkSha256(where: string, path: string, got: string, want: string): void {
   if (got !== want) throw bad(`${where}${path} is damaged or changed: its sha256 is ${got}, bundle.json says ${want}`);
 }
@@ -203,8 +209,7 @@ function checkSha256(where: string, path: string, got: string, want: string): vo
 /** hashEntry's check on a hashing thread, which reads the entry from the file itself. */
 async function hashOnThread(thread: EntryHashes, t: BundleTar, path: string, size: number, sha256: string, where: string, onEntry: VerifyOptions['onEntry']): Promise<void> {
   onEntry?.(path, 0, size);
-  const at = t.extent(path);
-  if (!at) throw bad(`${where}${path} is listed in bundle.json but not in the tar`);
+  const at = extentOf(t, path, where);
   let got: string;
   try {
     got = await thread.open({ path: t.file, start: at.offset, end: at.offset + at.size }).digest();
