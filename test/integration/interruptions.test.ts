@@ -12,6 +12,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { errorLines, runCli, startCli } from './cli.ts';
@@ -290,7 +291,16 @@ describe(`install killed with SIGKILL at ${sum(installScenarios.map((c) => c.len
     };
     type S = Awaited<ReturnType<typeof fresh>>;
     const check = async (s: S) => {
-      const registry = await checkRegistry(s.prefix, images);
+      // The registry may still be committing an upload the killed run had sent whole: what it
+      // holds (the re-run's baseline) is read once two looks 100 ms apart agree.
+      let registry = await checkRegistry(s.prefix, images);
+      for (let look = 0; look < 20; look++) {
+        await sleep(100);
+        const again = await checkRegistry(s.prefix, images);
+        const same = again.uploadBytes === registry.uploadBytes && again.present.size === registry.present.size && [...again.present].every((h) => registry.present.has(h));
+        registry = again;
+        if (same) break;
+      }
       const bucket = await checkBucket(s.bucket, artifactsWant);
       const out = await checkInstallOut(s.out);
       for (const [n, text] of out.files) s.seen.set(n, text); // compared with the finished run's below
