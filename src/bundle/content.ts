@@ -47,8 +47,12 @@ export async function bundleContent(o: BundleOptions, ctx: BundleContext, object
   }));
   // An object fetched by this run was checked against its sha256 as it landed: the writer only counts it.
   const artifactEntries = sorted.map((c, i): EntrySource => (c.path ? { ...fileEntry(artifacts[i]!.path, c.path, c.size, c.sha256), ...(c.fetched ? { arrival: verifiedNow } : {}) } : slotEntry(artifacts[i]!)));
-  // The installer first: `tar -xf BUNDLE tool/` finds it at once, and in the first volume.
-  let entries = [...(o.installer ? [installerEntry(o.installer)] : []), ...releaseEntries, ...imageFiles, ...artifactEntries];
+  // The installer first: `tar -xf BUNDLE tool/` finds it at once, and in the first volume. The
+  // artifacts before the images: they are fetched first (bundle.json lists their sha256, so the
+  // whole-file hash starts when they are in), and the hash, which goes in file order, can then take
+  // them at once instead of after the last image blob (4 GiB bed, 4 alternating runs each: median
+  // 13.5 → 12.3 s; the hash left after the fetch 2.4 → 1.5 s).
+  let entries = [...(o.installer ? [installerEntry(o.installer)] : []), ...releaseEntries, ...artifactEntries, ...imageFiles];
   let carried = artifacts;
   let base: BundleManifest['base'];
   if (ctx.base) {
