@@ -95,10 +95,10 @@ describe('delta bundle: only what the base lacks', () => {
       'bundle.json.sig',
       'SHA256SUMS',
       ...['release/SHA256SUMS', 'release/VERSION', `release/${next.archiveName}`].sort(),
+      `artifacts/${bucket}/${NEW_LORA}`,
       'images/oci-layout',
       'images/index.json',
       ...newBlobs,
-      `artifacts/${bucket}/${NEW_LORA}`,
     ];
     expect((await run('tar', ['-tf', files.delta])).trimEnd().split('\n')).toEqual(expected);
     // …and the same images/index.json as the full bundle: every image is still named.
