@@ -3,10 +3,10 @@
  * two sides of `diff`. One function decides what a path is (a bundle, or a bundle.json with its
  * bundle.json.sig beside it), so another form (a volume of a split set) is one more branch here.
  */
-import { createHash, type KeyObject } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
 import { open, readFile, stat } from 'node:fs/promises';
 import { readAt } from '../tar/index.ts';
-import { SIGNATURE_PATH, type AnyManifest } from './manifest.ts';
+import { manifestSha256Of, SIGNATURE_PATH, type AnyManifest } from './manifest.ts';
 import { BundleError, MAX_MANIFEST_BYTES, openBundle, parseManifest } from './reader.ts';
 import { checkManifestSignature } from './verify.ts';
 
@@ -44,7 +44,7 @@ export async function openSignedManifest(path: string, publicKey?: KeyObject): P
     ({ manifestBytes, manifest, signature } = b);
   }
   const verifiedBy = publicKey ? checkManifestSignature(manifestBytes, signature, manifest, publicKey) : null;
-  return { source: path, manifest, manifestBytes, manifestSha256: createHash('sha256').update(manifestBytes).digest('hex'), signature, verifiedBy };
+  return { source: path, manifest, manifestBytes, manifestSha256: manifestSha256Of(manifestBytes), signature, verifiedBy };
 }
 
 /** A bundle starts with a tar header ("bundle.json"); a bundle.json file with `{`. */

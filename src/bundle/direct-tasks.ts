@@ -1,5 +1,4 @@
 /** The steps of a bundle written in place (direct.ts), with the cache or `--direct`, as the bundle phases call them. */
-import { createHash } from 'node:crypto';
 import { rm, stat } from 'node:fs/promises';
 import pLimit from 'p-limit';
 import { LayoutDirectory } from '../oci/layout/writer.ts';
@@ -8,6 +7,7 @@ import { SMALL_LANES, SMALL_OBJECT } from '../objects/cache.ts';
 import { digestHex } from '../oci/digest.ts';
 import type { Descriptor } from '../oci/types.ts';
 import { bundleContent } from './content.ts';
+import { manifestSha256Of } from './manifest.ts';
 import { fetchImages, fetchOrder } from './images.ts';
 import { closeDirect, finishDirect, openDirect, PLACEHOLDER, writeHead } from './direct.ts';
 import { BundleSlots, fetchObjectInto, fillLocal } from './direct-fill.ts';
@@ -38,7 +38,7 @@ export async function planDirect(o: BundleOptions, ctx: BundleContext): Promise<
     const c = await bundleContent(o, ctx, adopted);
     const { json, manifest } = bundleJson({ ...c, ...signing(o) });
     const size = await existingBundle(o.output, json, o.signingKey, old); // throws when it holds another bundle
-    ctx.result = { path: o.output, size: size!, sha256: null, manifest, manifestSha256: createHash('sha256').update(json).digest('hex'), upToDate: true };
+    ctx.result = { path: o.output, size: size!, sha256: null, manifest, manifestSha256: manifestSha256Of(json), upToDate: true };
     await rm(`${o.output}.partial.done`, { force: true }); // left only by a kill between the rename and its removal
     return;
   }

@@ -22,7 +22,7 @@ import { constants } from 'node:fs';
 import { open, readFile, rename, rm, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { OciError } from '../oci/errors.ts';
-import { MANIFEST_PATH, type BundleManifest } from './manifest.ts';
+import { MANIFEST_PATH, manifestSha256Of, type BundleManifest } from './manifest.ts';
 import { HashCursor } from '../tar/hash-cursor.ts';
 import { EntryHashes, type EntryHash } from '../tar/hash-thread.ts';
 import { encodeFileHeader, END_OF_ARCHIVE, paddingBytes } from '../tar/header.ts';
@@ -236,7 +236,7 @@ export async function writeHead(d: DirectBundle, head: readonly HeadEntry[], mti
   }
   await d.file.writeBytes(bytes, 0);
   d.manifest = manifest;
-  d.manifestSha256 = createHash('sha256').update(head.find((h) => h.path === MANIFEST_PATH)!.bytes).digest('hex');
+  d.manifestSha256 = manifestSha256Of(head.find((h) => h.path === MANIFEST_PATH)!.bytes);
   d.cursor.landed(0, d.dataStart);
 }
 

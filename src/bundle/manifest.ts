@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { z } from 'zod';
 
 /** The bundle format (DESIGN.md §3) of a bundle in one tar. */
@@ -11,6 +12,9 @@ export const BUNDLE_FORMAT_VERSION = 1;
 export const SPLIT_FORMAT_VERSION = 1.1;
 /** The newest format this tool reads; newer ones are refused. */
 export const READABLE_FORMAT_VERSION = SPLIT_FORMAT_VERSION;
+
+/** bundle.json's sha256 (hex): what the signature covers and, as it lists every entry's sha256, the bundle's identity. */
+export const manifestSha256Of = (json: Uint8Array): string => createHash('sha256').update(json).digest('hex');
 
 const sha256Hex = z.string().regex(/^[a-f0-9]{64}$/);
 const digest = z.string().regex(/^sha256:[a-f0-9]{64}$/);

@@ -4,9 +4,9 @@
  * is checked as a tar of its own; which volume it is comes from its contents, never its name.
  * A missing, damaged, misnamed or foreign volume is named, with its number.
  */
-import { createHash } from 'node:crypto';
 import { readdir, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
+import { manifestSha256Of } from './manifest.ts';
 import { BundleError, BundleTar, isSplit, openBundleTar, OpenedBundle } from './reader.ts';
 import { parseVolumeFile, volumeFile } from './volumes.ts';
 
@@ -87,7 +87,7 @@ async function openVolumes(dir: string, name: string): Promise<BundleTar[]> {
   const groups = new Map<string, BundleTar[]>();
   for (const o of opened) {
     if (!('tar' in o) || !isSplit(o.tar.manifest)) continue;
-    const id = createHash('sha256').update(o.tar.manifestBytes).digest('hex');
+    const id = manifestSha256Of(o.tar.manifestBytes);
     groups.set(id, [...(groups.get(id) ?? []), o.tar]);
   }
   const ranked = [...groups.values()].sort((a, b) => b.length - a.length);

@@ -13,7 +13,7 @@ import { dirname } from 'node:path';
 import { Readable } from 'node:stream';
 import { OciError } from '../oci/errors.ts';
 import { CodedError } from '../util/errors.ts';
-import { MANIFEST_PATH, SIGNATURE_PATH, SPLIT_FORMAT_VERSION, splitManifestSchema, SUMS_PATH, type BundleEntry, type BundleManifest, type SplitManifest, type VolumeEntry } from './manifest.ts';
+import { MANIFEST_PATH, manifestSha256Of, SIGNATURE_PATH, SPLIT_FORMAT_VERSION, splitManifestSchema, SUMS_PATH, type BundleEntry, type BundleManifest, type SplitManifest, type VolumeEntry } from './manifest.ts';
 import { signManifest } from './sign.ts';
 import { tarHeaderBytes } from '../tar/header.ts';
 import { planVolumes, volumeFile, type PlannedVolume } from './volumes.ts';
@@ -94,7 +94,7 @@ export async function writeVolumes(opts: WriteVolumesOptions): Promise<WriteBund
   }
   await syncDir(dirname(opts.output));
   // No one file is the bundle: bundle.json, which every volume carries, names it.
-  const manifestSha256 = createHash('sha256').update(json).digest('hex');
+  const manifestSha256 = manifestSha256Of(json);
   return {
     upToDate: false,
     path: files[0]!,

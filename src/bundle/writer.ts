@@ -16,7 +16,7 @@ import { encodeFileHeader, END_OF_ARCHIVE, paddingBytes } from '../tar/header.ts
 import { BlockFile, DirectReader } from '../util/direct-io.ts';
 import { TarOutput } from '../tar/output.ts';
 import { keyFingerprint } from './keys.ts';
-import { bundleManifestSchema, entrySchema, MANIFEST_PATH, SIGNATURE_PATH, SUMS_PATH, type AnyManifest, type BundleEntry, type BundleManifest } from './manifest.ts';
+import { bundleManifestSchema, entrySchema, MANIFEST_PATH, manifestSha256Of, SIGNATURE_PATH, SUMS_PATH, type AnyManifest, type BundleEntry, type BundleManifest } from './manifest.ts';
 import { openBundle, type OpenedBundle } from './reader.ts';
 import { signManifest, verifyManifest } from './sign.ts';
 import { sha256sumsText } from './sums.ts';
@@ -181,7 +181,7 @@ export async function writeBundle(opts: WriteBundleOptions): Promise<WriteBundle
   // Signed only when it is written: an identical bundle already there is found without signing.
   const { manifest, json } = bundleJson(opts);
   const existing = await existingBundle(opts.output, json, opts.signingKey);
-  const manifestSha256 = createHash('sha256').update(json).digest('hex');
+  const manifestSha256 = manifestSha256Of(json);
   if (existing) return { path: opts.output, size: existing, sha256: null, manifest, manifestSha256, upToDate: true };
   const { head } = bundleHead(opts);
 

@@ -1,7 +1,7 @@
-import { createHash, type KeyObject } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { ListrTask } from 'listr2';
-import type { BundleArtifact } from '../bundle/manifest.ts';
+import { manifestSha256Of, type BundleArtifact } from '../bundle/manifest.ts';
 import type { OpenedBundle } from '../bundle/reader.ts';
 import type { Recipe } from '../bundle/recipe.ts';
 import { checkManifestSignature, verifyBundle } from '../bundle/verify.ts';
@@ -132,7 +132,7 @@ export function installTasks(o: InstallOptions): ListrTask<InstallContext>[] {
           o.fileSha256 ? tarSha256s(o.bundle) : Promise.resolve(undefined),
         ]);
         ctx.fingerprint = result.fingerprint;
-        ctx.manifestSha256 = createHash('sha256').update(o.bundle.manifestBytes).digest('hex');
+        ctx.manifestSha256 = manifestSha256Of(o.bundle.manifestBytes);
         if (o.bundle.volumes) {
           // No one file is the bundle: its identity is the signed bundle.json every volume carries.
           ctx.bundleSha256 = ctx.manifestSha256;
